@@ -1,0 +1,312 @@
+"""Typed run configuration: dataclasses, YAML presets, dotted overrides, validation.
+
+A run is fully described by its resolved :class:`Config`, which is validated before any data
+loads and saved as ``config.yaml`` next to the run's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value, key or file that cannot be used; the message names it."""
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are turned into tensors."""
+
+    source: str = "fashion_mnist"  # fashion_mnist | cifar100 | list | folder
+    root: str = ""  # IDX folder, CIFAR root, image root of a list file, or ImageFolder root
+    train_list: str = ""  # source=list: training split, lines "relative/path label"
+    test_list: str = ""  # source=list: evaluation split
+    train_dir: str = "train"  # source=folder: subfolder of root holding the training classes
+    test_dir: str = "val"  # source=folder: subfolder of root holding the evaluation classes
+    download: bool = False  # fashion_mnist / cifar100: fetch through torchvision when missing
+    imbalance_ratio: float = 1.0  # > 1: subsample training set to n_i = n_max * ratio^(-i/(C-1))
+    max_per_class: int = 0  # n_max of the long-tail profile; 0 = size of the largest class
+    subsample_seed: int = 0  # seed of the per-class shuffle that picks the kept images
+    img_size: int = 224  # training and evaluation crop
+    test_resize: int = 256  # resize of the shorter side before the centre crop at evaluation
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    train_aug: str = "rrc_flip"  # rrc_flip | crop_flip | none
+    num_workers: int = 4
+    samples_per_class: int = 4  # class-balanced sampling: images taken from each picked class
+
+
+@dataclass
+class ModelConfig:
+    """The frozen backbone and the trainable prompts and classifier on top of it."""
+
+    backbone: str = "vit_base_patch16_224.augreg_in21k"  # any timm ViT name with its weights tag
+    pretrained: bool = True  # load the timm pretrained weights of `backbone` (hub, cached)
+    checkpoint: str = ""  # local weights file (.safetensors, .pth, .npz); overrides `pretrained`
+    backbone_args: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs
+    prompt_len: int = 10  # tokens per block of the shared and of each group prompt
+    pool_size: int = 20  # m, number of group prompts
+    split_block: int = 6  # K: group prompts enter blocks K+1..L
+    top_k: int = 2  # k, groups selected per image
+    feature_dropout: float = 0.1  # dropout on the feature before the classifier, in training
+
+
+@dataclass
+class LossConfig:
+    """Classification loss and the weights of dual sampling."""
+
+    name: str = "agcl"  # agcl | gcl | ce
+    margin: float = 0.1
+    scale: float = 20.0
+    noise_mul: float = 0.5
+    label_smoothing: float = 0.1
+    gamma_pos_balanced: float = 0.0  # A-GCL focusing on the class-balanced batch
+    gamma_neg_balanced: float = 4.0
+    gamma_pos_instance: float = 0.5  # A-GCL focusing on the instance-balanced batch
+    gamma_neg_instance: float = 8.0
+    eta: float = 0.5  # instance-batch weight beta = eta * (E - e) / E
+
+
+@dataclass
+class PhaseConfig:
+    """Optimisation of one training phase."""
+
+    epochs: int = 10
+    batch_size: int = 64  # per iteration and per stream (dual sampling draws two such batches)
+    lr: float = 0.02  # base learning rate for a batch of 256; the run uses lr * batch_size / 256
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_epochs: float = 1.0
+    sampling: str = "dual"  # dual | instance | balanced
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved as config.yaml in the run directory."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    phase1: PhaseConfig = field(default_factory=PhaseConfig)
+    phase2: PhaseConfig = field(default_factory=PhaseConfig)
+    phases: list[str] = field(default_factory=lambda: ["phase1", "phase2"])
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on GPU)
+    eval_batch_size: int = 256
+    init: str = ""  # run directory whose trained tensors start this run (phase 2 alone needs phase 1's)
+    progress: bool = True  # progress bar on an interactive terminal
+
+
+CHOICES = {
+    "data.source": ("fashion_mnist", "cifar100", "list", "folder"),
+    "data.train_aug": ("rrc_flip", "crop_flip", "none"),
+    "loss.name": ("agcl", "gcl", "ce"),
+    "phase1.sampling": ("dual", "instance", "balanced"),
+    "phase2.sampling": ("dual", "instance", "balanced"),
+    "precision": ("fp32", "bf16", "fp16"),
+}
+PHASES = ("phase1", "phase2")
+
+
+def validate(cfg: Config) -> Config:
+    """Check choices, ranges and cross-field rules; raise ConfigError naming the key."""
+    for key, allowed in CHOICES.items():
+        value = get_value(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}' is {value!r}; expected one of {', '.join(allowed)}")
+    if not cfg.phases or any(p not in PHASES for p in cfg.phases):
+        raise ConfigError(f"config key 'phases' is {cfg.phases!r}; expected a list drawn from {', '.join(PHASES)}")
+    if cfg.phases != sorted(set(cfg.phases), key=PHASES.index):
+        raise ConfigError(f"config key 'phases' is {cfg.phases!r}; phases run once each, phase1 before phase2")
+    if cfg.phases[0] == "phase2" and not cfg.init:
+        raise ConfigError("config 'phases' starts at phase2 but 'init' names no phase-1 run directory to start from")
+    m = cfg.model
+    positive = {
+        "model.prompt_len": m.prompt_len, "model.pool_size": m.pool_size, "model.top_k": m.top_k,
+        "data.img_size": cfg.data.img_size, "data.samples_per_class": cfg.data.samples_per_class,
+        "eval_batch_size": cfg.eval_batch_size,
+    }
+    for phase in PHASES:
+        p = getattr(cfg, phase)
+        positive.update({f"{phase}.epochs": p.epochs, f"{phase}.batch_size": p.batch_size, f"{phase}.lr": p.lr})
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"config key '{key}' is {value!r}; expected a positive number")
+    if m.top_k > m.pool_size:
+        raise ConfigError(f"config key 'model.top_k' is {m.top_k}; expected at most model.pool_size ({m.pool_size})")
+    if m.split_block < 0:
+        raise ConfigError(f"config key 'model.split_block' is {m.split_block}; expected 0 or more")
+    if cfg.data.imbalance_ratio < 1:
+        raise ConfigError(f"config key 'data.imbalance_ratio' is {cfg.data.imbalance_ratio}; expected 1 or more")
+    if not 0 <= cfg.model.feature_dropout < 1:
+        raise ConfigError(f"config key 'model.feature_dropout' is {cfg.model.feature_dropout}; expected [0, 1)")
+    if len(cfg.data.mean) != len(cfg.data.std):
+        raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- building from data
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Turn a YAML value into the declared type, or raise ConfigError naming the key."""
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return _from_dict(tp, value, prefix=key + ".")
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported config type {tp} at {key}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp} at {key}")
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = _field_types(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        where = prefix[:-1] or "the top level"
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys of {where}: {', '.join(sorted(hints))}"
+        )
+    kwargs = {name: _coerce(prefix + name, value, hints[name]) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    """Build and validate a Config from a (possibly partial) nested mapping."""
+    return validate(_from_dict(Config, data or {}))
+
+
+def get_value(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _set_nested(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _check_key(key: str) -> None:
+    """Raise ConfigError when a dotted key names no field (``backbone_args.*`` is free-form)."""
+    cls: Any = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        hints = _field_types(cls)
+        if part not in hints:
+            where = ".".join(parts[:i]) or "the top level"
+            raise ConfigError(f"unknown config key '{key}'; valid keys of {where}: {', '.join(sorted(hints))}")
+        tp = hints[part]
+        if typing.get_origin(tp) is dict:
+            return
+        if not dataclasses.is_dataclass(tp):
+            if i != len(parts) - 1:
+                raise ConfigError(f"unknown config key '{key}'; '{'.'.join(parts[:i + 1])}' has no sub-keys")
+            return
+        cls = tp
+    raise ConfigError(f"config key '{key}' names a section; set one of its keys, e.g. '{key}.<name>=...'")
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``dotted.key=value`` strings (values parsed as YAML) to a nested mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form dotted.key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        _check_key(key)
+        _set_nested(data, key, yaml.safe_load(raw) if raw.strip() else "")
+    return data
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("lpt.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data or {}
+
+
+def load_config(preset_or_path: str, overrides: list[str] | None = None) -> Config:
+    """Resolve a preset name or a YAML file, apply overrides, and validate.
+
+    Args:
+        preset_or_path: name of a packaged preset (``lpt train --config demo``) or a YAML path.
+        overrides: ``dotted.key=value`` strings applied after the file.
+    """
+    path = Path(preset_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data = read_yaml(path)
+    elif preset_or_path in preset_names():
+        data = read_yaml(Path(str(resources.files("lpt.presets") / f"{preset_or_path}.yaml")))
+    else:
+        raise ConfigError(
+            f"config '{preset_or_path}' is neither a YAML file nor a preset; presets: {', '.join(preset_names())}"
+        )
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from lpt.utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

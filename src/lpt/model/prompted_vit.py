@@ -1,0 +1,93 @@
+"""Prompted forward of a timm ViT, with prompts entering attention as keys and values only.
+
+Block ``i`` attends with queries from its own tokens ``[c, z]`` and keys/values from
+``[c, z, u_i]``. Prompt outputs are never needed (a fresh prompt enters the next block), so
+computing them, as the published VPT/LPT code does by concatenating tokens, is wasted work.
+Every function calls the timm block's own submodules (norm1, attn.qkv, q_norm, k_norm,
+attn.norm, proj, ls1, drop_path1, norm2, mlp, ls2), so it computes what timm computes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block, VisionTransformer
+
+PromptKV = tuple[torch.Tensor, torch.Tensor]
+
+
+def embed(vit: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    """Patch embedding, class token, position embedding: ``[B, 3, H, W] -> [B, N, D]``."""
+    x = vit.patch_embed(images)
+    x = vit._pos_embed(x)
+    x = vit.patch_drop(x)
+    return vit.norm_pre(x)
+
+
+def prompt_kv(block: Block, prompt: torch.Tensor) -> PromptKV:
+    """Keys and values of prompt tokens ``[Bp, P, D]`` in ``block``: two tensors ``[Bp, H, P, hd]``."""
+    attn = block.attn
+    bp, p, _ = prompt.shape
+    qkv = attn.qkv(block.norm1(prompt)).reshape(bp, p, 3, attn.num_heads, attn.head_dim)
+    k, v = qkv[:, :, 1:].permute(2, 0, 3, 1, 4).unbind(0)
+    return attn.k_norm(k), v
+
+
+def concat_kv(*kvs: PromptKV, batch: int) -> PromptKV:
+    """Join prompt keys/values along the token axis, broadcasting batch-1 (shared) prompts."""
+    ks = [k.expand(batch, -1, -1, -1) for k, _ in kvs]
+    vs = [v.expand(batch, -1, -1, -1) for _, v in kvs]
+    return torch.cat(ks, dim=2), torch.cat(vs, dim=2)
+
+
+def block_forward(block: Block, x: torch.Tensor, kv: PromptKV | None = None) -> torch.Tensor:
+    """One timm ``Block`` on tokens ``x`` ``[B, N, D]`` with extra prompt keys/values ``[B|1, H, P, hd]``."""
+    attn = block.attn
+    b, n, _ = x.shape
+    h = block.norm1(x)
+    q, k, v = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if kv is not None:
+        k = torch.cat([k, kv[0].expand(b, -1, -1, -1)], dim=2)
+        v = torch.cat([v, kv[1].expand(b, -1, -1, -1)], dim=2)
+    o = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    o = attn.norm(o.transpose(1, 2).reshape(b, n, attn.num_heads * attn.head_dim))
+    gate = getattr(attn, "gate", None)
+    if gate is not None:
+        o = o * gate(h).sigmoid()
+    o = attn.proj_drop(attn.proj(o))
+    x = x + block.drop_path1(block.ls1(o))
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
+def pooled_feature(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """Final norm and timm's own pooling (class token for the standard ViT): ``[B, N, D] -> [B, D]``."""
+    return vit.forward_head(vit.norm(x), pre_logits=True)
+
+
+def deep_prompt_blocks(
+    vit: VisionTransformer, x: torch.Tensor, prompts: torch.Tensor, start: int = 0
+) -> torch.Tensor:
+    """Run blocks ``start..start+len(prompts)-1``, block ``start+i`` with prompt ``prompts[i]``.
+
+    Args:
+        x: tokens ``[B, N, D]`` entering block ``start``.
+        prompts: ``[L', P, D]`` shared across the batch, or ``[B, L', P, D]`` per image.
+    """
+    per_image = prompts.ndim == 4
+    for i in range(prompts.shape[1] if per_image else prompts.shape[0]):
+        block = vit.blocks[start + i]
+        x = block_forward(block, x, prompt_kv(block, prompts[:, i] if per_image else prompts[i][None]))
+    return x
+
+
+def shallow_prompt_forward(vit: VisionTransformer, images: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """VPT-Shallow: prompt tokens ``[P, D]`` inserted after the class token once and carried through
+    every block as ordinary tokens (their outputs feed the next block, so they cannot be keys/values
+    only); dropped before pooling. Returns the pooled feature ``[B, D]``."""
+    x = embed(vit, images)
+    npt = vit.num_prefix_tokens
+    x = torch.cat([x[:, :npt], prompt[None].expand(x.shape[0], -1, -1), x[:, npt:]], dim=1)
+    x = vit.blocks(x)
+    x = torch.cat([x[:, :npt], x[:, npt + prompt.shape[0]:]], dim=1)
+    return pooled_feature(vit, x)
