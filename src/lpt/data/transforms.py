@@ -1,0 +1,55 @@
+"""Image transforms: RGB PIL image in, normalised float32 tensor [3, img_size, img_size] out.
+
+Resizing is bicubic, the interpolation of timm's pretrained ViT configurations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+from lpt.config import ConfigError, DataConfig
+
+BICUBIC = InterpolationMode.BICUBIC
+
+
+def _train_geometry(cfg: DataConfig) -> list[v2.Transform]:
+    size = cfg.img_size
+    if cfg.train_aug == "rrc_flip":
+        return [v2.RandomResizedCrop(size, interpolation=BICUBIC, antialias=True), v2.RandomHorizontalFlip()]
+    if cfg.train_aug == "crop_flip":  # for small images (CIFAR, Fashion-MNIST): upsample, pad-and-crop
+        return [v2.Resize(size, interpolation=BICUBIC, antialias=True), v2.RandomCrop(size, padding=size // 8),
+                v2.RandomHorizontalFlip()]
+    if cfg.train_aug == "none":
+        return _eval_geometry(size, size)
+    raise ConfigError(f"config key 'data.train_aug' is {cfg.train_aug!r}; expected one of rrc_flip, crop_flip, none")
+
+
+def _eval_geometry(resize: int, size: int) -> list[v2.Transform]:
+    return [v2.Resize(max(resize, size), interpolation=BICUBIC, antialias=True), v2.CenterCrop(size)]
+
+
+def build_transform(cfg: DataConfig, train: bool) -> v2.Compose:
+    """The training or evaluation transform of a data configuration.
+
+    Training: ``rrc_flip`` (RandomResizedCrop + horizontal flip), ``crop_flip`` (resize the short
+    side to img_size, RandomCrop with padding img_size // 8, flip) or ``none`` (resize + centre
+    crop). Evaluation: resize the short side to ``test_resize`` (img_size when test_resize is 0
+    or smaller than img_size), then centre-crop img_size. Both end with scaling to [0, 1] and
+    ``Normalize(mean, std)``.
+
+    Args:
+        cfg: data configuration (img_size, test_resize, train_aug, mean, std).
+        train: training (random) or evaluation (deterministic) transform.
+
+    Returns:
+        A callable mapping an RGB PIL image to a float32 tensor [3, img_size, img_size].
+    """
+    geometry = _train_geometry(cfg) if train else _eval_geometry(cfg.test_resize, cfg.img_size)
+    return v2.Compose([
+        *geometry,  # on the PIL image
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(cfg.mean), std=list(cfg.std)),
+        v2.ToPureTensor(),
+    ])

@@ -1,0 +1,541 @@
+"""Tests of lpt.data: IDX files, sources, long-tail profiles, transforms, samplers, train stream."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lpt.config import ConfigError, DataConfig
+from lpt.data import (
+    ArrayImageDataset, ClassBalancedSampler, InstanceSampler, build_datasets, build_train_stream, build_transform,
+    class_counts, longtail_counts, longtail_indices, read_list_file,
+)
+from lpt.data.datasets import load_rgb
+from lpt.data.idx import read_idx
+from lpt.data.sources import FASHION_MNIST_CLASSES, read_class_names
+
+SPLITS = Path(__file__).resolve().parents[2] / "shared" / "splits"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Write an IDX file (gzipped when the name ends in .gz); uint8 or int32 arrays."""
+    code = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C}[array.dtype]
+    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+def write_fashion(root: Path, per_class: int, size: int = 6) -> np.ndarray:
+    """Tiny Fashion-MNIST files: training image i is filled with value i % 256 (its id); labels i % 10.
+
+    Images gzipped, labels raw, to exercise both. Returns the training labels.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", 10 * per_class), ("t10k", 10)):
+        images = np.broadcast_to((np.arange(n) % 256).astype(np.uint8)[:, None, None], (n, size, size)).copy()
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", labels)
+    return np.arange(10 * per_class) % 10
+
+
+def png(path: Path, color=(10, 20, 30), size=(12, 9)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def small_cfg(**kw) -> DataConfig:
+    base = dict(img_size=8, test_resize=0, train_aug="none", mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], num_workers=0)
+    return DataConfig(**{**base, **kw})
+
+
+def make_list_dataset(tmp_path: Path, train_lines: list[str], test_lines: list[str]) -> DataConfig:
+    (tmp_path / "train.txt").write_text("\n".join(train_lines) + "\n", encoding="utf-8")
+    (tmp_path / "test.txt").write_text("\n".join(test_lines) + "\n", encoding="utf-8")
+    return small_cfg(source="list", root=str(tmp_path / "img"), train_list=str(tmp_path / "train.txt"),
+                     test_list=str(tmp_path / "test.txt"))
+
+
+def pixel_id(img: Image.Image) -> int:
+    """A transform returning the image's first pixel value (the image's id in the tests)."""
+    return int(np.asarray(img)[0, 0, 0])
+
+
+def id_dataset(n: int, num_classes: int = 5) -> ArrayImageDataset:
+    """n 2x2 images whose pixel value is their index, labels i % num_classes."""
+    images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None], (n, 2, 2)).copy()
+    return ArrayImageDataset(images, [i % num_classes for i in range(n)], [str(c) for c in range(num_classes)],
+                             pixel_id)
+
+
+def interleave(shards: list[list[int]]) -> list[int]:
+    merged = [None] * sum(len(s) for s in shards)
+    for rank, shard in enumerate(shards):
+        merged[rank::len(shards)] = shard
+    return merged
+
+
+# ----------------------------------------------------------------------------- IDX
+
+
+@pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])
+def test_idx_round_trip_uint8(tmp_path, name):
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 3, 5), dtype=np.uint8)
+    out = read_idx(write_idx(tmp_path / name, images))
+    assert out.dtype == np.uint8 and out.shape == (4, 3, 5)
+    np.testing.assert_array_equal(out, images)
+
+
+def test_idx_round_trip_int32_big_endian(tmp_path):
+    values = np.array([0, 1, -2, 70000], dtype=np.int32)
+    out = read_idx(write_idx(tmp_path / "v.gz", values))
+    assert out.tolist() == [0, 1, -2, 70000]
+
+
+def test_idx_bad_magic_names_file(tmp_path):
+    path = tmp_path / "bad-idx3-ubyte"
+    path.write_bytes(b"\x12\x34\x08\x01" + bytes(8))
+    with pytest.raises(ConfigError, match=r"bad-idx3-ubyte: bad IDX magic"):
+        read_idx(path)
+
+
+def test_idx_truncated_names_file(tmp_path):
+    path = write_idx(tmp_path / "short-idx3-ubyte", np.zeros((3, 4, 4), np.uint8))
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(ConfigError, match=r"short-idx3-ubyte: 59 bytes, expected 64 for an IDX array of shape"):
+        read_idx(path)
+
+
+def test_idx_corrupt_gzip_names_file(tmp_path):
+    path = tmp_path / "x-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x02ab")[:-6])
+    with pytest.raises(ConfigError, match=r"x-idx1-ubyte.gz: cannot read IDX file"):
+        read_idx(path)
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST, CIFAR-100
+
+
+def test_fashion_mnist_from_idx_files(tmp_path):
+    write_fashion(tmp_path / "fm", per_class=3)
+    splits = build_datasets(small_cfg(root=str(tmp_path / "fm"), img_size=6))
+    assert splits.classes == FASHION_MNIST_CLASSES and splits.num_classes == 10
+    assert len(splits.train) == 30 and len(splits.test) == 10
+    assert splits.train_counts == [3] * 10
+    x, y = splits.train[13]
+    assert y == 3 and x.shape == (3, 6, 6) and x.dtype == torch.float32
+    torch.testing.assert_close(x, torch.full((3, 6, 6), 13 / 255))  # grey made RGB, scaled to [0, 1]
+
+
+def test_fashion_mnist_missing_files_explains_fix(tmp_path):
+    with pytest.raises(ConfigError, match=r"not found in .*nowhere; run `apt-get install dataset-fashion-mnist` "
+                                          r"or set data.download=true"):
+        build_datasets(small_cfg(root=str(tmp_path / "nowhere")))
+
+
+def test_cifar100_missing_names_expected_folder(tmp_path):
+    with pytest.raises(ConfigError, match=r"cifar-100-python"):
+        build_datasets(small_cfg(source="cifar100", root=str(tmp_path)))
+
+
+def test_unknown_source_lists_valid_names():
+    with pytest.raises(ConfigError, match=r"'mnist'; expected one of fashion_mnist, cifar100, list, folder"):
+        build_datasets(small_cfg(source="mnist"))
+
+
+# ----------------------------------------------------------------------------- long tail
+
+
+def test_longtail_counts_cifar100_ratio100():
+    counts = longtail_counts(100, 500, 100)
+    assert counts[0] == 500 and counts[-1] == 5 and sum(counts) == 10_847
+    assert counts == sorted(counts, reverse=True)
+
+
+@pytest.mark.parametrize("ratio, total, last", [(10, 19_573, 50), (50, 12_608, 10), (100, 10_847, 5), (200, 9_502, 2)])
+def test_longtail_counts_other_ratios(ratio, total, last):
+    counts = longtail_counts(100, 500, ratio)
+    assert counts == [int(500 * ratio ** (-i / 99)) for i in range(100)]
+    assert sum(counts) == total and counts[-1] == last
+
+
+def ldam_indices(targets, counts, seed):
+    """LDAM-DRW's IMBALANCECIFAR gen_imbalanced_data, on numpy's global random state."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        targets_np = np.array(targets, dtype=np.int64)
+        kept = []
+        for the_class, the_img_num in zip(np.unique(targets_np), counts):
+            idx = np.where(targets_np == the_class)[0]
+            np.random.shuffle(idx)
+            kept.extend(idx[:the_img_num].tolist())
+        return kept
+    finally:
+        np.random.set_state(state)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_longtail_indices_match_ldam(seed):
+    targets = np.random.default_rng(1).permutation(np.arange(600) % 20).tolist()
+    counts = longtail_counts(20, 30, 10)
+    kept = longtail_indices(targets, counts, seed)
+    assert kept == ldam_indices(targets, counts, seed)
+    assert kept == longtail_indices(targets, counts, seed)  # deterministic
+    assert kept != longtail_indices(targets, counts, seed + 1)
+    assert class_counts([targets[i] for i in kept], 20) == counts
+
+
+def test_longtail_indices_class_too_small():
+    with pytest.raises(ConfigError, match=r"class 1 has 2 images; the long-tail profile asks for 3"):
+        longtail_indices([0, 0, 0, 1, 1], [3, 3])
+
+
+def test_build_applies_longtail_profile(tmp_path):
+    targets = write_fashion(tmp_path / "fm", per_class=10)
+    splits = build_datasets(small_cfg(root=str(tmp_path / "fm"), img_size=6, imbalance_ratio=10, subsample_seed=3))
+    expected = [int(10 * 10 ** (-i / 9)) for i in range(10)]
+    assert splits.train_counts == expected and len(splits.train) == sum(expected)
+    kept = ldam_indices(targets.tolist(), expected, 3)
+    assert splits.train.targets == [targets[i] for i in kept]
+    ids = [round(float(splits.train[j][0][0, 0, 0]) * 255) for j in range(len(kept))]
+    assert ids == kept  # images and labels stayed together
+    assert len(splits.test) == 10  # the evaluation set is never subsampled
+
+
+def test_build_rejects_class_emptied_by_profile(tmp_path):
+    # int(5 * 10 ** (-i / 9)) is 0 from class 7 on
+    write_fashion(tmp_path / "fm", per_class=10)
+    cfg = small_cfg(root=str(tmp_path / "fm"), img_size=6, imbalance_ratio=10, max_per_class=5)
+    with pytest.raises(ConfigError, match=r"class 7 \('Sneaker'\) has no training images \(and 2 more classes\)"):
+        build_datasets(cfg)
+
+
+# ----------------------------------------------------------------------------- list files
+
+
+def test_list_source_with_spaces_and_non_ascii(tmp_path):
+    png(tmp_path / "img" / "caf\u00e9 bar" / "\u00fcber 1.png", (200, 0, 0))
+    png(tmp_path / "img" / "\u6771\u4eac" / "b.png", (0, 200, 0), size=(5, 20))
+    cfg = make_list_dataset(tmp_path, ["caf\u00e9 bar/\u00fcber 1.png  0", "", "\u6771\u4eac/b.png\t1"],
+                            ["\u6771\u4eac/b.png 1"])
+    (tmp_path / "classnames.txt").write_text("cafe_bar Cafe bar\ntokyo Tokyo\n", encoding="utf-8")
+    splits = build_datasets(cfg)
+    assert splits.classes == ["cafe_bar", "tokyo"] and splits.train_counts == [1, 1]
+    x, y = splits.train[0]
+    assert y == 0 and x.shape == (3, 8, 8)
+    torch.testing.assert_close(x[:, 4, 4], torch.tensor([200 / 255, 0.0, 0.0]))
+    assert splits.test.targets == [1]
+
+
+def test_read_list_file_joins_root(tmp_path):
+    png(tmp_path / "a b" / "c.png")
+    (tmp_path / "l.txt").write_text("a b/c.png 4\n")
+    assert read_list_file(tmp_path / "l.txt", root=tmp_path) == ([str(tmp_path / "a b" / "c.png")], [4])
+    assert read_list_file(tmp_path / "l.txt", check_files=False) == (["a b/c.png"], [4])
+
+
+@pytest.mark.parametrize("lines, line, message", [
+    (["a.png 0", "a.png"], 2, "expected 'relative/path label'"),
+    (["a.png 0", "", "a.png 1.5"], 3, "label '1.5' is not an integer"),
+    (["a.png x"], 1, "label 'x' is not an integer"),
+    (["a.png -1"], 1, "label -1 is negative"),
+    (["a.png 0", "missing.png 0"], 2, "image .*missing.png not found"),
+])
+def test_list_file_errors_name_file_and_line(tmp_path, lines, line, message):
+    png(tmp_path / "a.png")
+    path = tmp_path / "split.txt"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=rf"split.txt:{line}: {message}"):
+        read_list_file(path, root=tmp_path)
+
+
+def test_list_file_empty(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(ConfigError, match=r"empty.txt: empty list file"):
+        read_list_file(tmp_path / "empty.txt")
+
+
+def test_test_list_label_outside_training_classes(tmp_path):
+    png(tmp_path / "img" / "a.png")
+    cfg = make_list_dataset(tmp_path, ["a.png 0", "a.png 2"], ["a.png 1", "a.png 3"])
+    with pytest.raises(ConfigError, match=r"test.txt:2: label 3 is outside \[0, 3\)"):
+        build_datasets(cfg)
+
+
+def test_list_class_without_training_images(tmp_path):
+    png(tmp_path / "img" / "a.png")
+    cfg = make_list_dataset(tmp_path, ["a.png 0", "a.png 2"], ["a.png 0"])
+    with pytest.raises(ConfigError, match=r"class 1 \('1'\) has no training images"):
+        build_datasets(cfg)
+
+
+def test_list_missing_image_root(tmp_path):
+    cfg = make_list_dataset(tmp_path, ["a.png 0"], ["a.png 0"])
+    with pytest.raises(ConfigError, match=rf"image root {tmp_path / 'img'} \(data.root\) is not a folder"):
+        build_datasets(cfg)
+
+
+def test_places_lt_train_list():
+    path = SPLITS / "places_lt" / "Places_LT_train.txt"
+    if not path.is_file():
+        pytest.skip(f"{path} not present (the shared split lists sit beside the repository)")
+    paths, labels = read_list_file(path, check_files=False)
+    counts = class_counts(labels, max(labels) + 1)
+    assert len(paths) == 62_500 and len(counts) == 365
+    assert max(counts) == 4_980 and min(counts) == 5
+    assert paths[0] == "train/airfield/00004851.jpg"
+    names = read_class_names(path, 365)
+    assert len(names) == 365 and names[0] == "airfield"
+
+
+# ----------------------------------------------------------------------------- ImageFolder
+
+
+def test_image_folder_test_labels_follow_training_classes(tmp_path):
+    for cls in ("ant", "bee", "cat"):
+        png(tmp_path / "train" / cls / "1.png")
+    png(tmp_path / "val" / "bee" / "1.png")
+    png(tmp_path / "val" / "cat" / "1.PNG")
+    splits = build_datasets(small_cfg(source="folder", root=str(tmp_path)))
+    assert splits.classes == ["ant", "bee", "cat"] and splits.train_counts == [1, 1, 1]
+    assert splits.test.targets == [1, 2]
+    assert splits.test[1][0].shape == (3, 8, 8)
+
+
+def test_image_folder_test_class_not_in_training(tmp_path):
+    png(tmp_path / "train" / "ant" / "1.png")
+    png(tmp_path / "val" / "ant" / "1.png")
+    png(tmp_path / "val" / "dog" / "1.png")
+    with pytest.raises(ConfigError, match=r"class folder 'dog' is not among the 1 training classes"):
+        build_datasets(small_cfg(source="folder", root=str(tmp_path)))
+
+
+def test_image_folder_missing_root(tmp_path):
+    with pytest.raises(ConfigError, match=rf"{tmp_path / 'train'} .* is not a folder"):
+        build_datasets(small_cfg(source="folder", root=str(tmp_path)))
+
+
+# ----------------------------------------------------------------------------- images and transforms
+
+
+@pytest.mark.parametrize("mode, value, suffix, rgb", [
+    ("L", 100, "png", (100, 100, 100)),
+    ("1", 1, "png", (255, 255, 255)),
+    ("RGBA", (10, 20, 30, 0), "png", (10, 20, 30)),
+    ("LA", (70, 255), "png", (70, 70, 70)),
+    ("CMYK", (0, 0, 0, 0), "tif", (255, 255, 255)),
+    ("I;16", 257 * 100, "png", (100, 100, 100)),
+    ("I;16", 65535, "png", (255, 255, 255)),
+])
+def test_load_rgb_converts_modes(tmp_path, mode, value, suffix, rgb):
+    path = tmp_path / f"img.{suffix}"
+    Image.new(mode, (4, 3), value).save(path)
+    img = load_rgb(str(path))
+    assert img.mode == "RGB" and img.size == (4, 3) and img.getpixel((1, 1)) == rgb
+
+
+def test_load_rgb_palette_with_transparency(tmp_path):
+    img = Image.new("P", (4, 4), 1)
+    img.putpalette([0, 0, 0, 50, 60, 70] + [0] * 762)
+    img.save(tmp_path / "p.png", transparency=0)
+    out = load_rgb(str(tmp_path / "p.png"))
+    assert out.mode == "RGB" and out.getpixel((0, 0)) == (50, 60, 70)
+
+
+def test_load_rgb_names_unreadable_file(tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(OSError, match=r"broken.jpg: cannot read image"):
+        load_rgb(str(tmp_path / "broken.jpg"))
+
+
+@pytest.mark.parametrize("aug", ["rrc_flip", "crop_flip", "none"])
+@pytest.mark.parametrize("train", [True, False])
+def test_transform_shape_and_range(aug, train):
+    cfg = DataConfig(img_size=16, test_resize=20, train_aug=aug)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 45, 3), dtype=np.uint8))
+    x = build_transform(cfg, train)(img)
+    assert type(x) is torch.Tensor and x.dtype == torch.float32 and x.shape == (3, 16, 16)
+    assert -1.0 <= x.min() and x.max() <= 1.0  # mean 0.5, std 0.5 maps [0, 1] to [-1, 1]
+
+
+def test_eval_transform_normalises_per_channel():
+    cfg = DataConfig(img_size=8, test_resize=12, mean=[0.1, 0.2, 0.3], std=[0.5, 0.25, 2.0])
+    x = build_transform(cfg, train=False)(Image.new("RGB", (20, 10), (255, 0, 51)))
+    expected = torch.tensor([(1 - 0.1) / 0.5, (0 - 0.2) / 0.25, (0.2 - 0.3) / 2.0])
+    torch.testing.assert_close(x, expected[:, None, None].expand(3, 8, 8))
+
+
+@pytest.mark.parametrize("test_resize, border_seen", [(32, False), (0, True), (8, True)])
+def test_eval_transform_resizes_then_centre_crops(test_resize, border_seen):
+    img = np.full((32, 32, 3), 255, np.uint8)
+    img[8:24, 8:24] = 0  # white 8-pixel frame around a black 16x16 centre
+    cfg = small_cfg(img_size=16, test_resize=test_resize)
+    x = build_transform(cfg, train=False)(Image.fromarray(img))
+    assert x.shape == (3, 16, 16)
+    assert bool(x.max() > 0.5) == border_seen  # test_resize 0 or < img_size resizes to img_size: frame kept
+
+
+# ----------------------------------------------------------------------------- samplers
+
+
+def test_instance_sampler_is_seeded_permutation():
+    sampler = InstanceSampler(10, seed=5)
+    sampler.set_epoch(2)
+    assert list(sampler) == torch.randperm(10, generator=torch.Generator().manual_seed(7)).tolist()
+    assert list(sampler) == list(sampler) and len(sampler) == 10
+    sampler.set_epoch(3)
+    assert sorted(sampler) == list(range(10)) and list(sampler) != list(InstanceSampler(10, seed=5))
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_instance_sampler_shards(world_size):
+    n = 10
+    single = list(InstanceSampler(n, seed=1, rank=0, world_size=1))
+    shards = [list(InstanceSampler(n, seed=1, rank=r, world_size=world_size)) for r in range(world_size)]
+    total = math.ceil(n / world_size) * world_size
+    assert all(len(s) == total // world_size for s in shards)
+    assert interleave(shards) == (single + single)[:total]  # padded by wrapping around
+    assert set().union(*shards) == set(range(n))
+    even = [set(InstanceSampler(12, rank=r, world_size=world_size)) for r in range(world_size)]
+    assert sum(len(s) for s in even) == 12 and set().union(*even) == set(range(12))  # disjoint when N divides
+
+
+def test_class_balanced_sampler_uniform_over_classes():
+    sizes = {0: 1000, 1: 100, 2: 10, 3: 1, 5: 3}  # class 4 has no images
+    targets = [c for c, n in sizes.items() for _ in range(n)]
+    sampler = ClassBalancedSampler(targets, samples_per_class=4, num_samples=4 * 5 * 60, seed=0)
+    picked = Counter(targets[i] for i in sampler)
+    assert picked == {c: 240 for c in sizes}  # 60 full passes over the 5 non-empty classes
+    runs = list(sampler)
+    assert all(len({targets[i] for i in runs[k:k + 4]}) == 1 for k in range(0, len(runs), 4))
+    per_image = Counter(i for i in runs if targets[i] == 2)  # a class's images are cycled evenly
+    assert set(per_image.values()) == {24}
+
+
+def test_class_balanced_sampler_near_uniform_default_length():
+    targets = [0] * 500 + [1] * 50 + [2] * 5 + [3] * 1
+    picked = Counter(targets[i] for i in ClassBalancedSampler(targets, samples_per_class=3, seed=4))
+    assert len(ClassBalancedSampler(targets)) == 556 and sum(picked.values()) == 556
+    assert max(picked.values()) - min(picked.values()) <= 2 * 3  # within one pass of perfectly uniform
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_class_balanced_sampler_shards(world_size):
+    targets = [0] * 20 + [1] * 5 + [2] * 1
+    single = list(ClassBalancedSampler(targets, 2, num_samples=30, seed=3, rank=0, world_size=1))
+    shards = [list(ClassBalancedSampler(targets, 2, num_samples=30, seed=3, rank=r, world_size=world_size))
+              for r in range(world_size)]
+    assert [len(s) for s in shards] == [30 // world_size] * world_size
+    assert interleave(shards) == single
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [1, 2, 5, 7, 13])
+def test_sampler_shards_partition_global_sequence(n, world_size):
+    targets = [i % 3 for i in range(n)]
+    for spc, seed, epoch in ((1, 0, 0), (3, 5, 2), (5, 9, 1)):
+        for make in (lambda r: InstanceSampler(n, seed, r, world_size),
+                     lambda r: ClassBalancedSampler(targets, spc, None, seed, r, world_size)):
+            samplers = [make(r) for r in range(world_size)]
+            for s in samplers:
+                s.set_epoch(epoch)
+            shards = [list(s) for s in samplers]
+            assert {len(s) for s in shards} == {math.ceil(n / world_size)}
+            assert interleave(shards) == samplers[0].global_order()
+
+
+def test_class_balanced_sampler_epochs_differ_and_repeat():
+    sampler = ClassBalancedSampler([0] * 10 + [1] * 10, seed=2)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+
+
+# ----------------------------------------------------------------------------- train stream
+
+
+def test_dual_stream_batches():
+    stream = build_train_stream(id_dataset(50), "dual", batch_size=8, samples_per_class=2, num_workers=0, seed=0)
+    steps = list(stream)
+    assert len(stream) == 7 and len(steps) == 7
+    for step in steps:
+        assert set(step) == {"balanced", "instance"}
+        for ids, labels in step.values():
+            assert ids.shape == (8,) and labels.shape == (8,) and labels.dtype == torch.int64
+            assert (labels == ids % 5).all()
+    seen = torch.cat([s["instance"][0] for s in steps]).tolist()
+    assert set(seen) == set(range(50)) and len(seen) == 56  # every image, then 6 wrapped to fill the last batch
+
+
+def test_dual_stream_with_images():
+    ds = ArrayImageDataset(np.zeros((12, 5, 5), np.uint8), [0] * 10 + [1] * 2, ["a", "b"],
+                           build_transform(small_cfg(img_size=4), train=True))
+    step = next(iter(build_train_stream(ds, "dual", 4, 2, 0, seed=0)))
+    assert step["balanced"][0].shape == (4, 3, 4, 4) and step["instance"][0].shape == (4, 3, 4, 4)
+    assert step["balanced"][1].tolist().count(1) == 2  # both classes picked once: 2 images each
+
+
+@pytest.mark.parametrize("sampling, keys", [("instance", {"instance"}), ("balanced", {"balanced"})])
+def test_single_mode_streams(sampling, keys):
+    stream = build_train_stream(id_dataset(20), sampling, 8, 4, 0, seed=0)
+    steps = list(stream)
+    assert len(steps) == len(stream) == 3 and all(set(s) == keys for s in steps)
+
+
+def test_stream_world_size_two_covers_dataset():
+    streams = [build_train_stream(id_dataset(50), "dual", 8, 2, 0, seed=4, rank=r, world_size=2) for r in (0, 1)]
+    assert [len(s) for s in streams] == [4, 4]  # ceil(50 / 16)
+    seen = []
+    for stream in streams:
+        for step in stream:
+            assert step["balanced"][0].shape == (8,) and step["instance"][0].shape == (8,)
+            seen += step["instance"][0].tolist()
+    assert set(seen) == set(range(50)) and len(seen) == 64
+
+
+def test_stream_smaller_than_batch():
+    step, = list(build_train_stream(id_dataset(5), "dual", 8, 2, 0, seed=0))
+    assert sorted(step["instance"][0].tolist()) == [0, 1, 2, 3, 4]
+    assert step["balanced"][0].shape == (8,)
+
+
+def test_stream_set_epoch_reshuffles_both():
+    stream = build_train_stream(id_dataset(40), "dual", 8, 2, 0, seed=0)
+
+    def epoch(e):
+        stream.set_epoch(e)
+        return [(s["balanced"][0].tolist(), s["instance"][0].tolist()) for s in stream]
+
+    first, second = epoch(0), epoch(1)
+    for stream_key in (0, 1):  # balanced, instance
+        assert [s[stream_key] for s in first] != [s[stream_key] for s in second]
+    assert epoch(0) == first
+
+
+def test_stream_with_worker_matches_main_process():
+    def ids(num_workers):
+        stream = build_train_stream(id_dataset(24), "dual", 8, 2, num_workers, seed=1)
+        return [(s["balanced"][0].tolist(), s["instance"][0].tolist()) for s in stream]
+
+    assert ids(1) == ids(0)
+
+
+def test_stream_rejects_unknown_sampling():
+    with pytest.raises(ConfigError, match=r"'both'; expected one of dual, instance, balanced"):
+        build_train_stream(id_dataset(4), "both", 2, 1, 0, seed=0)
