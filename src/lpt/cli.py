@@ -1,0 +1,146 @@
+"""``lpt`` command line: parses arguments, calls the library, prints results. Nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+from lpt.config import ConfigError, load_config, preset_names
+
+
+def _default_out(name: str) -> Path:
+    return Path("runs") / f"{Path(name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def shot_table(rows: dict[str, dict]) -> str:
+    """Markdown table of overall / many / medium / few accuracy, one row per model."""
+    lines = ["| model | overall | many | medium | few |", "|---|---|---|---|---|"]
+    for name, m in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in ("overall", "many", "medium", "few")) + " |")
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lpt.engine.runner import train
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else _default_out(args.config)
+    metrics = train(cfg, out)
+    print(shot_table({f"phase {metrics['phase']}": metrics}))
+    print(f"run directory: {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lpt.engine.runner import train
+
+    overrides = list(args.overrides) + (["data.download=true"] if args.download else [])
+    cfg = load_config("demo", overrides)
+    out = Path(args.out) if args.out else _default_out("demo")
+    train(cfg, out)
+    summary = json.loads((out / "run.json").read_text())["phases"]
+    print("\nFashion-MNIST-LT (imbalance 100), test accuracy %:")
+    print(shot_table({f"LPT {name.replace('phase', 'phase ')}": m for name, m in summary.items()}))
+    print(f"run directory: {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lpt.engine.runner import evaluate_run
+
+    metrics = evaluate_run(args.run, [f"data.{o}" if not o.startswith("data.") else o for o in args.data or []],
+                           device=args.device)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(shot_table({f"{args.run} (phase {metrics['phase']})": metrics}))
+        print(f"official shot rule: " + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics["official"].items()))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from lpt.engine.runner import load_run
+    from lpt.predict import expand_images, predict_topk
+
+    run = load_run(args.run)
+    rows = predict_topk(run, expand_images(args.images), k=args.topk)
+    if args.out:
+        with open(args.out, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            k = len(rows[0]["classes"])
+            writer.writerow(["path"] + [f"{w}{i + 1}" for i in range(k) for w in ("class", "score")])
+            for r in rows:
+                writer.writerow([r["path"]] + [x for c, s in zip(r["classes"], r["scores"]) for x in (c, f"{s:.4f}")])
+        print(f"wrote {len(rows)} predictions to {args.out}")
+    else:
+        for r in rows:
+            print(r["path"] + ": " + ", ".join(f"{c} ({s:.3f})" for c, s in zip(r["classes"], r["scores"])))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lpt", description="Long-tailed prompt tuning of frozen ViTs (LPT).")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train phase 1, phase 2 or both into a run directory")
+    p.add_argument("--config", required=True, help=f"preset ({', '.join(preset_names())}) or YAML file")
+    p.add_argument("--out", help="run directory (default runs/<config>-<time>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. phase1.epochs=5")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="offline demo: LPT on Fashion-MNIST-LT")
+    p.add_argument("--out", help="run directory (default runs/demo-<time>)")
+    p.add_argument("--download", action="store_true", help="fetch Fashion-MNIST through torchvision if missing")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="reload a run and evaluate it")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--data", nargs="+", metavar="key=value", help="data overrides, e.g. test_list=val.txt root=/data")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes of images with a trained run")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--out", help="write a CSV file instead of printing")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from lpt.engine.checkpoint import CheckpointError
+    from lpt.engine.trainer import TrainingError
+    from lpt.model import BackboneError
+
+    return ConfigError, BackboneError, CheckpointError, TrainingError, OSError
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    from lpt.utils import setup_logging
+
+    args = build_parser().parse_args(argv)
+    USER_ERRORS = _user_errors()
+    setup_logging(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"lpt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The training loop, methods, evaluation, checkpoints and runs."""

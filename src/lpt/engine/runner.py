@@ -1,0 +1,186 @@
+"""Runs: train a config into a run directory, reload a run, evaluate it, predict with it.
+
+A run directory holds ``config.yaml`` (resolved config), ``classes.json`` (class names and
+training counts), ``metrics.jsonl`` (one record per epoch and per evaluation), ``metrics.json``
+(final shot-split metrics), ``run.json`` (backbone identity, per-phase summary, timings),
+``model.safetensors`` (what was trained, with metadata) and ``train.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lpt import __version__
+from lpt.analysis.metrics import shot_accuracy
+from lpt.config import Config, ConfigError, apply_overrides, from_dict, read_yaml, save_config, to_dict
+from lpt.data import build_datasets, build_train_stream
+from lpt.engine.checkpoint import CheckpointError, load_trained, read_checkpoint, save_checkpoint
+from lpt.engine.distributed import DistContext, init_distributed
+from lpt.engine.evaluate import predict
+from lpt.engine.methods import LPTPhase, stream_losses
+from lpt.engine.trainer import train_phase
+from lpt.model import LPT, BackboneIdentity, create_backbone
+from lpt.utils import atomic_write_json, log, resolve_device, seed_everything
+
+CHECKPOINT = "model.safetensors"
+METRIC_KEYS = ("overall", "many", "medium", "few", "official", "per_class", "num_images")
+
+
+@dataclass
+class Run:
+    """A reloaded run: the model in eval mode and what it was trained with."""
+
+    model: LPT
+    config: Config
+    classes: list[str]
+    train_counts: list[int]
+    identity: BackboneIdentity
+    path: Path
+
+
+def build_model(cfg: Config, num_classes: int) -> tuple[LPT, BackboneIdentity]:
+    """Backbone (seeded, so a random one is rebuilt identically on reload) plus prompts and head."""
+    seed_everything(cfg.seed)
+    m = cfg.model
+    backbone, identity = create_backbone(m.backbone, m.pretrained, m.checkpoint, **m.backbone_args)
+    model = LPT(backbone, num_classes, prompt_len=m.prompt_len, pool_size=m.pool_size, split_block=m.split_block,
+                top_k=m.top_k, feature_dropout=m.feature_dropout)
+    return model, identity
+
+
+def load_checkpoint_into(model: LPT, identity: BackboneIdentity, path: Path) -> dict[str, Any]:
+    """Load a run's trained tensors onto ``model``, refusing a different backbone; returns the metadata."""
+    tensors, meta = read_checkpoint(path)
+    theirs = meta.get("backbone", {})
+    if theirs.get("fingerprint") != identity.fingerprint:
+        raise CheckpointError(
+            f"{path} was trained on backbone {theirs.get('name')} ({theirs.get('source')}, fingerprint "
+            f"{theirs.get('fingerprint')}), not on {identity.name} ({identity.source}, fingerprint {identity.fingerprint})"
+        )
+    load_trained(model, tensors, str(path))
+    model.set_phase(int(meta.get("phase", 1)))
+    return meta
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _attach_log_file(out_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(out_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return handler
+
+
+def _shot_metrics(model: LPT, dataset, train_counts: list[int], cfg: Config, device: torch.device,
+                  dist: DistContext, desc: str) -> dict:
+    out = predict(model, dataset, device=device, batch_size=cfg.eval_batch_size, precision=cfg.precision,
+                  num_workers=cfg.data.num_workers, dist=dist, progress=cfg.progress, desc=desc)
+    return shot_accuracy(out["preds"], out["labels"], train_counts) | {"phase": model.phase}
+
+
+def train(cfg: Config, out_dir: Path) -> dict:
+    """Train every phase of ``cfg`` into ``out_dir``; returns the final metrics (also in metrics.json)."""
+    device, started = resolve_device(cfg.device), time.time()
+    dist, device = init_distributed(device)
+    out_dir = Path(out_dir)
+    splits = build_datasets(cfg.data)
+    model, identity = build_model(cfg, splits.num_classes)
+    model.to(device)
+    if cfg.init:
+        load_checkpoint_into(model, identity, Path(cfg.init) / CHECKPOINT)
+    handler = None
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handler = _attach_log_file(out_dir)
+        save_config(cfg, out_dir / "config.yaml")
+        atomic_write_json(out_dir / "classes.json", {"classes": splits.classes, "train_counts": splits.train_counts})
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    log.info("run %s: %d classes, %d training and %d test images, backbone %s (%s)", out_dir, splits.num_classes,
+             len(splits.train), len(splits.test), identity.name, identity.source)
+    losses = stream_losses(cfg, splits.train_counts).to(device)
+    summary: dict[str, Any] = {}
+    try:
+        for phase_name in cfg.phases:
+            phase, pcfg = int(phase_name[-1]), getattr(cfg, phase_name)
+            stream = build_train_stream(splits.train, pcfg.sampling, pcfg.batch_size, cfg.data.samples_per_class,
+                                        cfg.data.num_workers, cfg.seed, rank=dist.rank, world_size=dist.world_size,
+                                        pin_memory=device.type == "cuda")
+            method = LPTPhase(phase, losses, cfg.loss.eta)
+            jsonl = (lambda r: _append_jsonl(out_dir / "metrics.jsonl", r)) if dist.is_main else None
+            records = train_phase(model, method, stream, pcfg, device=device, precision=cfg.precision, dist=dist,
+                                  progress=cfg.progress, desc=phase_name, on_epoch_end=jsonl)
+            metrics = _shot_metrics(model, splits.test, splits.train_counts, cfg, device, dist, f"eval {phase_name}")
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            summary[phase_name] = {k: metrics[k] for k in ("overall", "many", "medium", "few")} | {
+                "trainable_params": trainable,
+                "train_seconds": sum(r["seconds"] for r in records),
+                "images_per_s": records[-1]["images_per_s"],
+            }
+            log.info("%s: overall %.2f, many %s, medium %s, few %s", phase_name, metrics["overall"],
+                     *(f"{metrics[g]:.2f}" if metrics[g] is not None else "-" for g in ("many", "medium", "few")))
+            if dist.is_main:
+                _append_jsonl(out_dir / "metrics.jsonl", {"phase": phase_name, "eval": summary[phase_name]})
+                meta = {"lpt_version": __version__, "phase": phase, "num_classes": splits.num_classes,
+                        "backbone": identity.to_dict(), "model": to_dict(cfg)["model"]}
+                save_checkpoint(out_dir / CHECKPOINT, model.trained_tensors(), meta)
+        if dist.is_main:
+            atomic_write_json(out_dir / "metrics.json", metrics)
+            atomic_write_json(out_dir / "run.json", {
+                "lpt_version": __version__, "backbone": identity.to_dict(), "phases": summary,
+                "backbone_params": sum(p.numel() for p in model.backbone.parameters()),
+                "device": str(device), "world_size": dist.world_size, "wall_seconds": time.time() - started,
+            })
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+    return metrics
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Reload a run directory: rebuild the backbone, check its fingerprint, load what was trained.
+
+    Returns the model in eval mode, in the phase it finished.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not an lpt run directory (no config.yaml)")
+    cfg = from_dict(read_yaml(run_dir / "config.yaml"))
+    classes_file = run_dir / "classes.json"
+    info = json.loads(classes_file.read_text()) if classes_file.is_file() else None
+    if info is None:
+        raise ConfigError(f"{run_dir} has no classes.json; the run did not finish setting up")
+    model, identity = build_model(cfg, len(info["classes"]))
+    load_checkpoint_into(model, identity, run_dir / CHECKPOINT)
+    model.to(device).eval()
+    return Run(model, cfg, info["classes"], info["train_counts"], identity, run_dir)
+
+
+def evaluate_run(run_dir: str | Path, data_overrides: list[str] | None = None, device: str = "auto") -> dict:
+    """Metrics of a run on its test split (or another, through ``data.*`` overrides), as in metrics.json.
+
+    Shot groups always come from the run's own training counts.
+    """
+    run = load_run(run_dir, resolve_device(device))
+    cfg = run.config
+    if data_overrides:
+        bad = [o for o in data_overrides if not o.startswith("data.")]
+        if bad:
+            raise ConfigError(f"eval override '{bad[0]}' must set a data.* key")
+        cfg = from_dict(apply_overrides(to_dict(cfg), data_overrides))
+    splits = build_datasets(cfg.data)
+    if splits.num_classes != run.model.num_classes:
+        raise ConfigError(f"evaluation data has {splits.num_classes} classes, the run was trained on "
+                          f"{run.model.num_classes}")
+    device = next(run.model.parameters()).device
+    return _shot_metrics(run.model, splits.test, run.train_counts, cfg, device, DistContext(), "eval")

@@ -1,0 +1,109 @@
+"""The one training loop: SGD with momentum, warm-up + cosine schedule computed up front, mixed
+precision through autocast and ``GradScaler(enabled=...)``, abort on a non-finite loss."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from lpt.config import PhaseConfig
+from lpt.engine.distributed import DistContext
+from lpt.engine.evaluate import autocast
+from lpt.utils import log
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss); the message says where it stopped."""
+
+
+def lr_schedule(base_lr: float, total_steps: int, warmup_steps: int) -> list[float]:
+    """Per-step learning rates: linear warm-up from base_lr / warmup_steps, then half-cosine to 0."""
+    lrs = []
+    for step in range(total_steps):
+        if step < warmup_steps:
+            lrs.append(base_lr * (step + 1) / warmup_steps)
+        else:
+            t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            lrs.append(0.5 * base_lr * (1.0 + math.cos(math.pi * t)))
+    return lrs
+
+
+def scaled_lr(phase_cfg: PhaseConfig, world_size: int) -> float:
+    """Base lr is for a batch of 256 images per stream; scale linearly with the global batch."""
+    return phase_cfg.lr * phase_cfg.batch_size * world_size / 256.0
+
+
+def train_phase(
+    model: nn.Module,
+    method: nn.Module,
+    stream: Iterable,
+    phase_cfg: PhaseConfig,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    dist: DistContext = DistContext(),
+    progress: bool = True,
+    desc: str = "train",
+    on_epoch_end: Callable[[dict], None] | None = None,
+    log_every: int = 10,
+) -> list[dict]:
+    """Train ``method``'s parameters of ``model`` for ``phase_cfg.epochs`` epochs over ``stream``.
+
+    ``stream`` yields one dict of ``{stream_name: (images, labels)}`` per iteration and has
+    ``set_epoch`` and ``len``. Returns one record per epoch (loss, accuracy, lr, images/s).
+    """
+    params = method.prepare(model)
+    opt = torch.optim.SGD(params, lr=0.0, momentum=phase_cfg.momentum, weight_decay=phase_cfg.weight_decay)
+    steps_per_epoch = len(stream)
+    warmup = round(phase_cfg.warmup_epochs * steps_per_epoch)
+    lrs = lr_schedule(scaled_lr(phase_cfg, dist.world_size), phase_cfg.epochs * steps_per_epoch, warmup)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
+    records = []
+    for epoch in range(phase_cfg.epochs):
+        stream.set_epoch(epoch)
+        model.train()
+        method.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen, start = 0, time.perf_counter()
+        bar = tqdm(stream, desc=f"{desc} {epoch + 1}/{phase_cfg.epochs}", disable=not progress or None,
+                   leave=False, mininterval=2.0)
+        for i, batches in enumerate(bar):
+            step = epoch * steps_per_epoch + i
+            for group in opt.param_groups:
+                group["lr"] = lrs[step]
+            batches = {k: (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                       for k, (x, y) in batches.items()}
+            with autocast(device, precision):
+                out = method(model, batches, epoch, phase_cfg.epochs)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(out["loss"]).backward()
+            dist.average_gradients(params)
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += out["loss"].detach()
+            correct += (out["logits"].detach().argmax(1) == out["labels"]).sum()
+            seen += len(out["labels"])
+            if i % log_every == 0 or i == steps_per_epoch - 1:
+                loss_now = out["loss"].item()
+                if not math.isfinite(loss_now):
+                    raise TrainingError(f"{desc}: loss is {loss_now} at epoch {epoch + 1}, step {step}; stopping")
+                bar.set_postfix(loss=f"{loss_now:.3f}", acc=f"{100.0 * correct.item() / seen:.1f}",
+                                img_s=f"{seen * dist.world_size / (time.perf_counter() - start):.0f}")
+        seconds = time.perf_counter() - start
+        record = {
+            "phase": desc, "epoch": epoch + 1, "loss": loss_sum.item() / steps_per_epoch,
+            "train_acc": 100.0 * correct.item() / max(seen, 1), "lr": lrs[min(step, len(lrs) - 1)],
+            "seconds": seconds, "images_per_s": seen * dist.world_size / seconds,
+        }
+        log.info("%s epoch %d/%d: loss %.4f, train acc %.2f%%, %.0f images/s", desc, epoch + 1, phase_cfg.epochs,
+                 record["loss"], record["train_acc"], record["images_per_s"])
+        records.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    return records
