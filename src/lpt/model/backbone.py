@@ -105,7 +105,7 @@ def create_backbone(
         name=name,
         source=source,
         checkpoint=str(checkpoint),
-        pretrained_tag=getattr(model, "pretrained_cfg", {}).get("tag", "") or "",
+        pretrained_tag="" if source == "random" else (getattr(model, "pretrained_cfg", {}).get("tag", "") or ""),
         fingerprint=weights_fingerprint(model),
         args=dict(kwargs),
     )

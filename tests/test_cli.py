@@ -1,0 +1,131 @@
+"""End to end through the command line: train, reload, eval, predict, and one-line errors."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lpt
+from lpt.cli import main
+from lpt.engine.checkpoint import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_fmnist):
+    from tests.conftest import TINY_MODEL
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    overrides = [f"data.root={tiny_fmnist}", "data.imbalance_ratio=10", "data.max_per_class=40", *TINY_MODEL,
+                 "phase1.epochs=2", "phase1.batch_size=16", "phase1.lr=0.5", "phase2.epochs=1",
+                 "phase2.batch_size=16", "phase2.lr=0.5", "eval_batch_size=32", "progress=false"]
+    assert main(["--quiet", "train", "--config", "demo", "--out", str(out), *overrides]) == 0
+    return out
+
+
+def test_run_directory_contents(trained_run):
+    for name in ("config.yaml", "classes.json", "metrics.jsonl", "metrics.json", "run.json", "model.safetensors",
+                 "train.log"):
+        assert (trained_run / name).is_file(), name
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert {"overall", "many", "medium", "few", "per_class", "official"} <= set(metrics)
+    assert metrics["phase"] == 2 and len(metrics["per_class"]) == 10
+    counts = json.loads((trained_run / "classes.json").read_text())["train_counts"]
+    assert counts == [40, 30, 23, 18, 14, 11, 8, 6, 5, 4]  # int(40 * 10 ** (-i / 9))
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("epoch") for r in records if "epoch" in r] == [1, 2, 1]
+    assert [r["phase"] for r in records if "eval" in r] == ["phase1", "phase2"]
+
+
+def test_eval_reproduces_training_metrics_exactly(trained_run, capsys):
+    capsys.readouterr()
+    assert main(["eval", "--run", str(trained_run), "--json", "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((trained_run / "metrics.json").read_text())
+
+
+def test_loaded_model_api(trained_run):
+    run = lpt.load_run(trained_run)
+    images = torch.randn(5, 3, 28, 28)
+    assert not run.model.training and run.model.phase == 2
+    logits = run.model(images)
+    assert logits.shape == (5, 10) and float(logits.detach().abs().max()) <= 1 + 1e-6
+    assert run.model.query(images).shape == (5, 32)
+    groups = run.model.match(images)
+    assert groups.shape == (5, 2) and groups.dtype == torch.long
+    assert torch.equal(groups, run.model.forward_features(images)["groups"])
+
+
+def test_predict_writes_top5_csv(trained_run, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((28, 28), 40 * i, dtype=np.uint8)).save(folder / f"img {i}.png")
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--run", str(trained_run), str(folder), "--out", str(out)]) == 0
+    rows = list(csv.reader(out.open()))
+    assert rows[0][:3] == ["path", "class1", "score1"] and len(rows) == 4
+    classes = json.loads((trained_run / "classes.json").read_text())["classes"]
+    scores = [float(s) for s in rows[1][2::2]]
+    assert set(rows[1][1::2]) <= set(classes) and scores == sorted(scores, reverse=True)
+
+
+def test_phase2_alone_starts_from_a_phase1_run(trained_run, tiny_overrides, tmp_path):
+    out = tmp_path / "p2"
+    assert main(["--quiet", "train", "--config", "demo", "--out", str(out), *tiny_overrides, "phases=[phase2]",
+                 f"init={trained_run}"]) == 0
+    first = lpt.load_run(trained_run).model.shared_prompt
+    assert torch.equal(lpt.load_run(out).model.shared_prompt, first)  # phase 2 leaves the shared prompt frozen
+
+
+def test_checkpoint_on_another_backbone_is_refused(trained_run, tmp_path):
+    cfg = (trained_run / "config.yaml").read_text().replace("seed: 0", "seed: 1")
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("classes.json", "model.safetensors"):
+        (other / name).write_bytes((trained_run / name).read_bytes())
+    (other / "config.yaml").write_text(cfg)
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        lpt.load_run(other)
+
+
+def run_error(argv, capsys):
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_error_missing_data_root(tmp_path, capsys):
+    err = run_error(["train", "--config", "demo", f"data.root={tmp_path / 'nowhere'}"], capsys)
+    assert "nowhere" in err
+
+
+def test_error_unknown_backbone(tiny_overrides, tmp_path, capsys):
+    err = run_error(["train", "--config", "demo", "--out", str(tmp_path / "r"), *tiny_overrides,
+                     "model.backbone=vit_nonexistent_patch3"], capsys)
+    assert "unknown backbone 'vit_nonexistent_patch3'" in err
+
+
+def test_error_unknown_config_key(capsys):
+    err = run_error(["train", "--config", "demo", "phase1.epoch=3"], capsys)
+    assert "phase1.epoch" in err and "epochs" in err
+
+
+def test_error_list_file_problems(tmp_path, capsys):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    Image.new("RGB", (8, 8)).save(root / "a.png")
+    train = tmp_path / "train.txt"
+    train.write_text("a.png 0\na.png 1\n")
+    test = tmp_path / "test.txt"
+    test.write_text("a.png 0\nmissing.png 1\n")
+    base = ["train", "--config", "demo", "data.source=list", f"data.root={root}", f"data.train_list={train}"]
+    err = run_error(base + [f"data.test_list={test}"], capsys)
+    assert f"{test}:2" in err and "missing.png" in err
+    test.write_text("a.png 0\na.png 7\n")
+    err = run_error(base + [f"data.test_list={test}"], capsys)
+    assert f"{test}:2" in err and "7" in err

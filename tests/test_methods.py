@@ -1,0 +1,230 @@
+"""The training loop's schedule, LPT's phase methods and train_phase on a tiny model."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+
+from lpt.config import Config, PhaseConfig
+from lpt.engine.methods import LPTPhase, stream_losses
+from lpt.engine.trainer import TrainingError, lr_schedule, scaled_lr, train_phase
+from lpt.losses import AGCL
+from lpt.model import LPT
+
+COUNTS = [100, 40, 20, 8, 2]
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tensors here are tiny: one thread is fastest, and on a busy 2-core machine two threads are 50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def test_lr_schedule_values():
+    lrs = lr_schedule(0.1, 10, 2)
+    assert len(lrs) == 10
+    # warm-up base * (s + 1) / warmup, then 0.5 * base * (1 + cos(pi * (s - 2) / 8))
+    expected = {
+        0: 0.05,  # 0.1 * 1 / 2
+        1: 0.1,  # 0.1 * 2 / 2
+        2: 0.1,  # t = 0
+        3: 0.0961939766,  # t = 1/8: 0.05 * (1 + cos(pi / 8)) = 0.05 * 1.9238795
+        6: 0.05,  # t = 1/2
+        9: 0.0038060234,  # t = 7/8: 0.05 * (1 - 0.9238795)
+    }
+    for step, lr in expected.items():
+        assert lrs[step] == pytest.approx(lr, rel=1e-8), step
+    for s in range(2, 10):
+        assert lrs[s] == pytest.approx(0.05 * (1 + math.cos(math.pi * (s - 2) / 8)), rel=1e-12)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+
+
+def test_lr_schedule_without_warmup_starts_at_base():
+    lrs = lr_schedule(0.2, 4, 0)
+    assert lrs == pytest.approx([0.2, 0.1 * (1 + math.cos(math.pi / 4)), 0.1, 0.1 * (1 + math.cos(3 * math.pi / 4))])
+
+
+def test_lr_schedule_all_warmup():
+    assert lr_schedule(0.3, 3, 3) == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_scaled_lr():
+    assert scaled_lr(PhaseConfig(lr=0.02, batch_size=64), 1) == pytest.approx(0.005)  # 0.02 * 64 / 256
+    assert scaled_lr(PhaseConfig(lr=0.02, batch_size=64), 4) == pytest.approx(0.02)  # 0.02 * 64 * 4 / 256
+    assert scaled_lr(PhaseConfig(lr=0.04, batch_size=256), 1) == pytest.approx(0.04)
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def test_stream_weight():
+    method = LPTPhase(2, stream_losses(Config(), COUNTS), eta=0.5)
+    for e in range(10):
+        assert method.stream_weight("balanced", 2, e, 10) == 1.0
+        assert method.stream_weight("instance", 1, e, 10) == 1.0
+        assert method.stream_weight("balanced", 1, e, 10) == 1.0
+    got = [method.stream_weight("instance", 2, e, 10) for e in range(10)]
+    # 0.5 * (10 - e) / 10
+    assert got == pytest.approx([0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05])
+
+
+def test_stream_losses_use_the_per_stream_focusing():
+    losses = stream_losses(Config(), COUNTS)
+    assert set(losses) == {"balanced", "instance"}
+    assert all(isinstance(loss, AGCL) for loss in losses.values())
+    assert (losses["balanced"].gamma_pos, losses["balanced"].gamma_neg) == (0.0, 4.0)
+    assert (losses["instance"].gamma_pos, losses["instance"].gamma_neg) == (0.5, 8.0)
+    for loss in losses.values():
+        assert (loss.margin, loss.scale, loss.noise_mul, loss.label_smoothing) == (0.1, 20.0, 0.5, 0.1)
+        # cloud m_i / max(m) with m_i = log(100 / n_i)
+        cloud = [math.log(100 / n) / math.log(50) for n in COUNTS]
+        assert loss.cloud.tolist() == pytest.approx(cloud, rel=1e-6)
+
+
+def tiny_lpt(phase, seed=0):
+    torch.manual_seed(seed)
+    vit = VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=0)
+    with torch.no_grad():  # nonzero weights everywhere (timm zero-inits some biases and the class token)
+        for p in vit.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    model = LPT(vit, num_classes=5, prompt_len=3, pool_size=4, split_block=2, top_k=2)
+    model.set_phase(phase)
+    return model.eval()
+
+
+def reference_agcl(gamma_pos, gamma_neg):
+    return AGCL(COUNTS, margin=0.1, scale=20.0, noise_mul=0.5, gamma_pos=gamma_pos, gamma_neg=gamma_neg,
+                label_smoothing=0.1).eval()
+
+
+def key_term(model, images):
+    """1 - mean over batch and top-k of cos(q, k_j), with the top-k keys picked here."""
+    q = model.query(images)
+    sims = F.cosine_similarity(q[:, None], model.pool.keys[None], dim=-1)
+    return 1.0 - sims.topk(model.pool.top_k, dim=1).values.mean()
+
+
+def two_batches(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    xb, xi = torch.randn(4, 3, 16, 16, generator=g), torch.randn(3, 3, 16, 16, generator=g)
+    yb, yi = torch.tensor([0, 1, 2, 4]), torch.tensor([0, 0, 3])
+    return {"balanced": (xb, yb), "instance": (xi, yi)}
+
+
+@pytest.mark.parametrize("phase", [1, 2])
+def test_lpt_phase_loss_equals_hand_assembled_loss(phase):
+    model = tiny_lpt(phase)
+    method = LPTPhase(phase, stream_losses(Config(), COUNTS), eta=0.5).eval()
+    batches = two_batches()
+    (xb, yb), (xi, yi) = batches["balanced"], batches["instance"]
+    out = method(model, batches, 2, 10)
+    beta = 0.4  # 0.5 * (10 - 2) / 10
+    with torch.no_grad():
+        lb, li = model(xb), model(xi)  # separate forward passes
+        bal, ins = reference_agcl(0.0, 4.0), reference_agcl(0.5, 8.0)
+        term_b, term_i = bal(lb, yb), ins(li, yi)
+        if phase == 2:
+            term_b, term_i = term_b + key_term(model, xb), term_i + key_term(model, xi)
+        expected = term_b + beta * term_i
+        swapped = ins(lb, yb) + beta * bal(li, yi) + (expected - term_b - beta * term_i)
+    # one concatenated forward equals two separate ones
+    torch.testing.assert_close(out["logits"], torch.cat([lb, li]), atol=1e-5, rtol=1e-5)
+    assert torch.equal(out["labels"], torch.cat([yb, yi]))
+    assert out["loss"].ndim == 0 and out["loss"].requires_grad
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # the test tells the streams' losses apart
+    assert out["loss"].item() != pytest.approx(swapped.item(), rel=1e-3)
+    # the stream order in the dict does not matter
+    reordered = method(model, {"instance": batches["instance"], "balanced": batches["balanced"]}, 2, 10)
+    assert reordered["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_lpt_phase_single_stream_has_weight_one():
+    model = tiny_lpt(2)
+    method = LPTPhase(2, stream_losses(Config(), COUNTS), eta=0.5).eval()
+    xi, yi = two_batches()["instance"]
+    out = method(model, {"instance": (xi, yi)}, 5, 10)
+    with torch.no_grad():
+        expected = reference_agcl(0.5, 8.0)(model(xi), yi) + key_term(model, xi)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- train_phase
+
+
+class TinyStream:
+    """Three iterations per epoch of a balanced and an instance batch; NaN images where asked."""
+
+    def __init__(self, steps=3, nan_at=None, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.batches = [
+            {"balanced": (torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 5, (4,), generator=g)),
+             "instance": (torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 5, (4,), generator=g))}
+            for _ in range(steps)
+        ]
+        self.nan_at = nan_at  # (epoch, iteration)
+        self.epochs = []
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for i, b in enumerate(self.batches):
+            if self.nan_at == (self.epochs[-1], i):
+                b = {k: (torch.full_like(x, float("nan")), y) for k, (x, y) in b.items()}
+            yield b
+
+
+@pytest.mark.parametrize("phase", [1, 2])
+def test_train_phase_trains_only_the_phase_tensors(phase):
+    model = tiny_lpt(phase)
+    method = LPTPhase(phase, stream_losses(Config(), COUNTS), eta=0.5)
+    backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    trained = {k: v.clone() for k, v in model.trained_tensors().items()}
+    stream, seen = TinyStream(), []
+    pcfg = PhaseConfig(epochs=2, batch_size=4, lr=2.0, weight_decay=1e-3)
+    records = train_phase(model, method, stream, pcfg, device=CPU, progress=False, desc=f"phase{phase}",
+                          on_epoch_end=seen.append)
+    assert stream.epochs == [0, 1]
+    assert len(records) == 2 and seen == records
+    assert [r["epoch"] for r in records] == [1, 2] and {r["phase"] for r in records} == {f"phase{phase}"}
+    for r in records:
+        assert math.isfinite(r["loss"]) and r["loss"] > 0
+        assert 0.0 <= r["train_acc"] <= 100.0
+    # base lr 2.0 * 4 / 256 = 0.03125; 6 steps, 3 of warm-up: step 2 at base, step 5 at t = 2/3 -> base / 4
+    assert records[0]["lr"] == pytest.approx(0.03125)
+    assert records[1]["lr"] == pytest.approx(0.0078125)
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, backbone[k]), k
+    changed = {k for k, v in model.trained_tensors().items() if not torch.equal(v, trained[k])}
+    assert changed == ({"shared_prompt", "head.weight"} if phase == 1 else {"pool.prompts", "pool.keys", "head.weight"})
+
+
+def test_train_phase_nan_loss_raises_naming_the_step():
+    model = tiny_lpt(2)
+    method = LPTPhase(2, stream_losses(Config(), COUNTS), eta=0.5)
+    with pytest.raises(TrainingError, match=r"phase2: loss is nan at epoch 1, step 0"):
+        train_phase(model, method, TinyStream(nan_at=(0, 0)), PhaseConfig(epochs=2, batch_size=4), device=CPU,
+                    progress=False, desc="phase2")
+
+
+def test_train_phase_nan_loss_later_names_the_global_step():
+    model = tiny_lpt(1)
+    method = LPTPhase(1, stream_losses(Config(), COUNTS), eta=0.5)
+    stream = TinyStream(nan_at=(1, 1))  # second epoch, second iteration: global step 3 + 1 = 4
+    with pytest.raises(TrainingError, match=r"loss is nan at epoch 2, step 4;"):
+        train_phase(model, method, stream, PhaseConfig(epochs=3, batch_size=4), device=CPU, progress=False,
+                    desc="phase1", log_every=1)
+    assert stream.epochs == [0, 1]
+
