@@ -171,8 +171,6 @@ def test_override_without_equals():
         apply_overrides({}, ["phase1.epochs 5"])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: apply_overrides lets yaml.YAMLError escape for a malformed value "
-                                       "instead of raising ConfigError naming the key (config.py apply_overrides)")
 def test_malformed_yaml_value_in_override_raises_config_error():
     with pytest.raises(ConfigError, match=r"data\.mean"):
         apply_overrides({}, ["data.mean=[0.1, 0.2"])
@@ -212,3 +210,8 @@ def test_unknown_preset_lists_presets():
 def test_bad_override_on_a_preset_names_the_key():
     with pytest.raises(ConfigError, match=r"phase1\.epochs"):
         load_config("demo", ["phase1.epochs=abc"])
+
+
+def test_backbone_args_entry_without_value_is_refused():
+    with pytest.raises(ConfigError, match="backbone_args.*img_size:28"):
+        load_config("demo", ["model.backbone_args={img_size:28}"])

@@ -214,7 +214,7 @@ def test_train_phase_trains_only_the_phase_tensors(phase):
 def test_train_phase_nan_loss_raises_naming_the_step():
     model = tiny_lpt(2)
     method = LPTPhase(2, stream_losses(Config(), COUNTS), eta=0.5)
-    with pytest.raises(TrainingError, match=r"phase2: loss is nan at epoch 1, step 0"):
+    with pytest.raises(TrainingError, match=r"phase2: loss is not finite at epoch 1, step 0"):
         train_phase(model, method, TinyStream(nan_at=(0, 0)), PhaseConfig(epochs=2, batch_size=4), device=CPU,
                     progress=False, desc="phase2")
 
@@ -223,8 +223,15 @@ def test_train_phase_nan_loss_later_names_the_global_step():
     model = tiny_lpt(1)
     method = LPTPhase(1, stream_losses(Config(), COUNTS), eta=0.5)
     stream = TinyStream(nan_at=(1, 1))  # second epoch, second iteration: global step 3 + 1 = 4
-    with pytest.raises(TrainingError, match=r"loss is nan at epoch 2, step 4;"):
+    with pytest.raises(TrainingError, match=r"loss is not finite at epoch 2, step 4;"):
         train_phase(model, method, stream, PhaseConfig(epochs=3, batch_size=4), device=CPU, progress=False,
                     desc="phase1", log_every=1)
     assert stream.epochs == [0, 1]
 
+
+def test_train_phase_nan_loss_names_the_first_bad_step_with_default_log_every():
+    model = tiny_lpt(1)
+    method = LPTPhase(1, stream_losses(Config(), COUNTS), eta=0.5)
+    with pytest.raises(TrainingError, match=r"loss is not finite at epoch 1, step 1;"):
+        train_phase(model, method, TinyStream(steps=5, nan_at=(0, 1)), PhaseConfig(epochs=1, batch_size=4),
+                    device=CPU, progress=False, desc="phase1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,14 +29,25 @@ def shot_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def print_summary(out: Path, title: str) -> None:
+    """The per-phase shot table of a finished run, and a warning if its backbone was random (rank 0 only)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    run = json.loads((out / "run.json").read_text())
+    print(f"\n{title}")
+    print(shot_table({f"LPT {name.replace('phase', 'phase ')}": m for name, m in run["phases"].items()}))
+    if run["backbone"]["source"] == "random":
+        print(f"note: backbone {run['backbone']['name']} was randomly initialised (no pretrained weights)")
+    print(f"run directory: {out}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from lpt.engine.runner import train
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else _default_out(args.config)
-    metrics = train(cfg, out)
-    print(shot_table({f"phase {metrics['phase']}": metrics}))
-    print(f"run directory: {out}")
+    train(cfg, out)
+    print_summary(out, "test accuracy %:")
     return 0
 
 
@@ -46,10 +58,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = load_config("demo", overrides)
     out = Path(args.out) if args.out else _default_out("demo")
     train(cfg, out)
-    summary = json.loads((out / "run.json").read_text())["phases"]
-    print("\nFashion-MNIST-LT (imbalance 100), test accuracy %:")
-    print(shot_table({f"LPT {name.replace('phase', 'phase ')}": m for name, m in summary.items()}))
-    print(f"run directory: {out}")
+    print_summary(out, "Fashion-MNIST-LT (imbalance 100), test accuracy %:")
     return 0
 
 

@@ -145,6 +145,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'model.top_k' is {m.top_k}; expected at most model.pool_size ({m.pool_size})")
     if m.split_block < 0:
         raise ConfigError(f"config key 'model.split_block' is {m.split_block}; expected 0 or more")
+    for name, value in m.backbone_args.items():
+        if not str(name).isidentifier() or value is None:
+            raise ConfigError(
+                f"config key 'model.backbone_args' has entry {name!r} with no value; "
+                "write {key: value} with a space after each colon"
+            )
     if cfg.data.imbalance_ratio < 1:
         raise ConfigError(f"config key 'data.imbalance_ratio' is {cfg.data.imbalance_ratio}; expected 1 or more")
     if not 0 <= cfg.model.feature_dropout < 1:
@@ -267,7 +273,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         key, raw = item.split("=", 1)
         key = key.strip()
         _check_key(key)
-        _set_nested(data, key, yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"override '{item}': the value of '{key}' is not valid YAML") from None
+        _set_nested(data, key, value)
     return data
 
 

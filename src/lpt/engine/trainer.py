@@ -70,6 +70,7 @@ def train_phase(
         method.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
+        first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first non-finite step, kept on device
         seen, start = 0, time.perf_counter()
         bar = tqdm(stream, desc=f"{desc} {epoch + 1}/{phase_cfg.epochs}", disable=not progress or None,
                    leave=False, mininterval=2.0)
@@ -86,13 +87,17 @@ def train_phase(
             dist.average_gradients(params)
             scaler.step(opt)
             scaler.update()
-            loss_sum += out["loss"].detach()
+            loss = out["loss"].detach()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+            loss_sum += loss
             correct += (out["logits"].detach().argmax(1) == out["labels"]).sum()
             seen += len(out["labels"])
             if i % log_every == 0 or i == steps_per_epoch - 1:
-                loss_now = out["loss"].item()
-                if not math.isfinite(loss_now):
-                    raise TrainingError(f"{desc}: loss is {loss_now} at epoch {epoch + 1}, step {step}; stopping")
+                loss_now = loss.item()
+                if first_bad.item() >= 0:
+                    bad = first_bad.item()
+                    raise TrainingError(f"{desc}: loss is not finite at epoch {bad // steps_per_epoch + 1}, step "
+                                        f"{bad}; stopping (the last checkpoint written is the last good one)")
                 bar.set_postfix(loss=f"{loss_now:.3f}", acc=f"{100.0 * correct.item() / seen:.1f}",
                                 img_s=f"{seen * dist.world_size / (time.perf_counter() - start):.0f}")
         seconds = time.perf_counter() - start

@@ -1,0 +1,60 @@
+"""Backbone loading: local weight files, identity and fingerprint, clear errors."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lpt.model import BackboneError, create_backbone, weights_fingerprint
+
+TINY = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+@pytest.fixture
+def source_vit():
+    torch.manual_seed(3)
+    vit, _ = create_backbone("vit_tiny_patch16_224", pretrained=False, **TINY)
+    return vit
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_local_weights_file_loads_exactly(source_vit, tmp_path, suffix):
+    path = tmp_path / f"weights{suffix}"
+    state = {k: v.clone() for k, v in source_vit.state_dict().items()}
+    save_file(state, path) if suffix == ".safetensors" else torch.save({"state_dict": state}, path)
+    torch.manual_seed(99)  # a different random init underneath, overwritten by the file
+    vit, identity = create_backbone("vit_tiny_patch16_224", checkpoint=str(path), **TINY)
+    assert identity.source == "file" and identity.checkpoint == str(path)
+    assert identity.fingerprint == weights_fingerprint(source_vit)
+    for name, value in source_vit.state_dict().items():
+        assert torch.equal(vit.state_dict()[name], value), name
+    assert not any(p.requires_grad for p in vit.parameters())
+
+
+def test_random_init_is_reported(caplog):
+    _, identity = create_backbone("vit_tiny_patch16_224", pretrained=False, **TINY)
+    assert identity.source == "random" and identity.pretrained_tag == ""
+    assert "RANDOMLY INITIALISED" in caplog.text
+
+
+def test_fingerprint_tracks_weights(source_vit):
+    before = weights_fingerprint(source_vit)
+    with torch.no_grad():
+        source_vit.blocks[0].mlp.fc1.weight[0, 0] += 1e-3
+    assert weights_fingerprint(source_vit) != before
+
+
+def test_errors_name_the_problem(tmp_path):
+    with pytest.raises(BackboneError, match="unknown backbone 'vit_bogus'"):
+        create_backbone("vit_bogus", pretrained=False)
+    with pytest.raises(BackboneError, match="does not exist"):
+        create_backbone("vit_tiny_patch16_224", checkpoint=str(tmp_path / "none.pth"), **TINY)
+    bad = tmp_path / "w.txt"
+    bad.write_text("x")
+    with pytest.raises(BackboneError, match=r"\.safetensors"):
+        create_backbone("vit_tiny_patch16_224", checkpoint=str(bad), **TINY)
+    with pytest.raises(BackboneError, match="VisionTransformer"):
+        create_backbone("resnet18", pretrained=False)
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"pos_embed": torch.zeros(1, 3, 3)}, wrong)
+    with pytest.raises(BackboneError, match="wrong.safetensors"):
+        create_backbone("vit_tiny_patch16_224", checkpoint=str(wrong), **TINY)
