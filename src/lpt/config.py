@@ -25,12 +25,13 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where the images come from and how they are turned into tensors."""
 
-    source: str = "fashion_mnist"  # fashion_mnist | cifar100 | list | folder
+    source: str = "fashion_mnist"  # fashion_mnist | cifar100 | list | inat_json | folder
     root: str = ""  # IDX folder, CIFAR root, image root of a list file, or ImageFolder root
     train_list: str = ""  # source=list: training split, lines "relative/path label"
     test_list: str = ""  # source=list: evaluation split
     train_dir: str = "train"  # source=folder: subfolder of root holding the training classes
     test_dir: str = "val"  # source=folder: subfolder of root holding the evaluation classes
+    class_index: str = ""  # optional "folder_name label" file mapping class folders to labels (ImageNet-Sketch)
     download: bool = False  # fashion_mnist / cifar100: fetch through torchvision when missing
     imbalance_ratio: float = 1.0  # > 1: subsample training set to n_i = n_max * ratio^(-i/(C-1))
     max_per_class: int = 0  # n_max of the long-tail profile; 0 = size of the largest class
@@ -57,6 +58,10 @@ class ModelConfig:
     split_block: int = 6  # K: group prompts enter blocks K+1..L
     top_k: int = 2  # k, groups selected per image
     feature_dropout: float = 0.1  # dropout on the feature before the classifier, in training
+    head: str = "cosine"  # cosine | linear
+    prompt_depth: str = "deep"  # deep (a prompt per block, keys/values only) | shallow (VPT-Shallow: tokens at input)
+    query: str = "shared"  # phase-2 query function: shared (the phase-1 prompted ViT) | plain (the ViT alone)
+    layer_norm_eps: float = 0.0  # > 0 overrides the backbone's LayerNorm eps (official LPT checkpoints: 1e-5)
 
 
 @dataclass
@@ -97,7 +102,8 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     phase1: PhaseConfig = field(default_factory=PhaseConfig)
     phase2: PhaseConfig = field(default_factory=PhaseConfig)
-    phases: list[str] = field(default_factory=lambda: ["phase1", "phase2"])
+    method: str = "lpt"  # lpt | lpt_joint | vpt | linear | full (see lpt.engine.methods.METHODS)
+    phases: list[str] = field(default_factory=lambda: ["phase1", "phase2"])  # lpt: phase1, phase2; others: phase1
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on GPU)
@@ -107,7 +113,11 @@ class Config:
 
 
 CHOICES = {
-    "data.source": ("fashion_mnist", "cifar100", "list", "folder"),
+    "data.source": ("fashion_mnist", "cifar100", "list", "inat_json", "folder"),
+    "model.head": ("cosine", "linear"),
+    "model.prompt_depth": ("deep", "shallow"),
+    "model.query": ("shared", "plain"),
+    "method": ("lpt", "lpt_joint", "vpt", "linear", "full"),
     "data.train_aug": ("rrc_flip", "crop_flip", "none"),
     "loss.name": ("agcl", "gcl", "ce"),
     "phase1.sampling": ("dual", "instance", "balanced"),
@@ -127,11 +137,19 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'phases' is {cfg.phases!r}; expected a list drawn from {', '.join(PHASES)}")
     if cfg.phases != sorted(set(cfg.phases), key=PHASES.index):
         raise ConfigError(f"config key 'phases' is {cfg.phases!r}; phases run once each, phase1 before phase2")
-    if cfg.phases[0] == "phase2" and not cfg.init:
+    single = {"lpt_joint": ["phase2"], "vpt": ["phase1"], "linear": ["phase1"], "full": ["phase1"]}
+    if cfg.method in single and cfg.phases != single[cfg.method]:
+        raise ConfigError(f"method '{cfg.method}' has one stage: set phases=[{single[cfg.method][0]}] "
+                          f"(its optimisation settings are the '{single[cfg.method][0]}' section)")
+    if cfg.method == "lpt" and cfg.phases[0] == "phase2" and not cfg.init:
         raise ConfigError("config 'phases' starts at phase2 but 'init' names no phase-1 run directory to start from")
+    if cfg.method in ("linear", "full") and cfg.model.prompt_len != 0:
+        raise ConfigError(f"method '{cfg.method}' uses no prompts: set model.prompt_len=0")
+    if cfg.model.prompt_depth == "shallow" and cfg.method != "vpt":
+        raise ConfigError("model.prompt_depth=shallow is VPT-Shallow: it needs method=vpt")
     m = cfg.model
     positive = {
-        "model.prompt_len": m.prompt_len, "model.pool_size": m.pool_size, "model.top_k": m.top_k,
+        "model.pool_size": m.pool_size, "model.top_k": m.top_k,
         "data.img_size": cfg.data.img_size, "data.samples_per_class": cfg.data.samples_per_class,
         "eval_batch_size": cfg.eval_batch_size,
     }
@@ -143,6 +161,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"config key '{key}' is {value!r}; expected a positive number")
     if m.top_k > m.pool_size:
         raise ConfigError(f"config key 'model.top_k' is {m.top_k}; expected at most model.pool_size ({m.pool_size})")
+    if m.prompt_len < 0:
+        raise ConfigError(f"config key 'model.prompt_len' is {m.prompt_len}; expected 0 or more")
     if m.split_block < 0:
         raise ConfigError(f"config key 'model.split_block' is {m.split_block}; expected 0 or more")
     for name, value in m.backbone_args.items():

@@ -49,8 +49,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 
 def load_trained(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Load trained tensors strictly: every non-backbone entry of ``module`` must be present and match."""
-    expected = {k: v for k, v in module.state_dict().items() if not k.startswith("backbone.")}
+    """Load trained tensors strictly: every entry of ``module.trained_tensors()`` must be present and match."""
+    expected = module.trained_tensors()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:

@@ -59,3 +59,32 @@ def predict(
     gathered = dist.all_gather(local)
     order = np.argsort(np.concatenate([g["index"] for g in gathered]), kind="stable")
     return {k: np.concatenate([g[k] for g in gathered])[order] for k in local if k != "index"}
+
+
+class FeatureDataset(Dataset):
+    """Precomputed features with their labels; ``targets`` lets the samplers balance classes."""
+
+    def __init__(self, features: torch.Tensor, targets: list[int]):
+        self.features = features
+        self.targets = list(targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.features[index], self.targets[index]
+
+
+@torch.no_grad()
+def extract_features(model: LPT, dataset: Dataset, *, device: torch.device, batch_size: int = 256,
+                     precision: str = "fp32", num_workers: int = 0, progress: bool = True) -> FeatureDataset:
+    """The model's current-phase features of every image, once (for the linear probe)."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    feats = []
+    for images, _ in tqdm(loader, desc="features", disable=not progress or None, leave=False, mininterval=2.0):
+        with autocast(device, precision):
+            feats.append(model.forward_features(images.to(device))["feature"].float())
+    model.train(was_training)
+    return FeatureDataset(torch.cat(feats), dataset.targets)

@@ -1,6 +1,8 @@
 """Training methods: what trains, which forward, which loss. One loop (engine.trainer) runs them all.
 
 A method turns one iteration's batches into a dict with ``loss``, ``logits`` and ``labels``.
+LPT's phases, joint training, VPT and full fine-tuning differ only in what ``prepare`` unfreezes
+and in the model's options; the linear probe trains the head on features computed once.
 """
 
 from __future__ import annotations
@@ -43,16 +45,20 @@ class LPTPhase(nn.Module):
         eta: initial weight of the instance-balanced batch.
     """
 
-    def __init__(self, phase: int, losses: nn.ModuleDict, eta: float):
+    def __init__(self, phase: int, losses: nn.ModuleDict, eta: float, train_shared: bool | None = None):
         super().__init__()
         self.phase = phase
         self.losses = losses
         self.eta = eta
+        self.train_shared = train_shared
 
     def prepare(self, model: LPT) -> list[nn.Parameter]:
         """Switch the model to this phase and return its trainable parameters."""
-        model.set_phase(self.phase)
+        model.set_phase(self.phase, train_shared=self.train_shared)
         return [p for p in model.parameters() if p.requires_grad]
+
+    def logits(self, model: LPT, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return model.forward_train(inputs)
 
     def stream_weight(self, stream: str, num_streams: int, epoch: int, epochs: int) -> float:
         if num_streams == 1 or stream == "balanced":
@@ -65,7 +71,7 @@ class LPTPhase(nn.Module):
         images = torch.cat([batches[n][0] for n in names])
         labels = torch.cat([batches[n][1] for n in names])
         sizes = [len(batches[n][1]) for n in names]
-        out = model.forward_train(images)
+        out = self.logits(model, images)
         logits = out["logits"].float().split(sizes)
         key_sims = out["key_sim"].float().split(sizes) if "key_sim" in out else [None] * len(names)
         total = logits[0].new_zeros(())
@@ -75,3 +81,36 @@ class LPTPhase(nn.Module):
                 term = term + (1.0 - ks.mean())
             total = total + self.stream_weight(name, len(names), epoch, epochs) * term
         return {"loss": total, "logits": out["logits"], "labels": labels}
+
+
+class LinearProbe(LPTPhase):
+    """Linear (or cosine) probe: the stream yields features computed once, so only the head runs.
+
+    The features are the frozen model's phase-1 features (``prompt_len=0``: the plain ViT)."""
+
+    def __init__(self, losses: nn.ModuleDict, eta: float):
+        super().__init__(1, losses, eta)
+
+    def prepare(self, model: LPT) -> list[nn.Parameter]:
+        model.set_phase(1)
+        model.shared_prompt.requires_grad_(False)
+        return list(model.head.parameters())
+
+    def logits(self, model: LPT, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": model.head(model.dropout(inputs))}
+
+
+def build_method(name: str, phase: int, losses: nn.ModuleDict, eta: float) -> LPTPhase:
+    """The method object of one training stage; raises KeyError listing the valid names."""
+    if name not in METHODS:
+        raise KeyError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
+    return METHODS[name](phase, losses, eta)
+
+
+METHODS = {
+    "lpt": lambda phase, losses, eta: LPTPhase(phase, losses, eta),
+    "lpt_joint": lambda phase, losses, eta: LPTPhase(2, losses, eta, train_shared=True),
+    "vpt": lambda phase, losses, eta: LPTPhase(1, losses, eta),
+    "full": lambda phase, losses, eta: LPTPhase(1, losses, eta),
+    "linear": lambda phase, losses, eta: LinearProbe(losses, eta),
+}

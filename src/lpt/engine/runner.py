@@ -8,6 +8,7 @@ training counts), ``metrics.jsonl`` (one record per epoch and per evaluation), `
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -20,11 +21,11 @@ import torch
 from lpt import __version__
 from lpt.analysis.metrics import shot_accuracy
 from lpt.config import Config, ConfigError, apply_overrides, from_dict, read_yaml, save_config, to_dict
-from lpt.data import build_datasets, build_train_stream
+from lpt.data import build_datasets, build_train_stream, build_transform
 from lpt.engine.checkpoint import CheckpointError, load_trained, read_checkpoint, save_checkpoint
 from lpt.engine.distributed import DistContext, init_distributed
-from lpt.engine.evaluate import predict
-from lpt.engine.methods import LPTPhase, stream_losses
+from lpt.engine.evaluate import extract_features, predict
+from lpt.engine.methods import LinearProbe, build_method, stream_losses
 from lpt.engine.trainer import train_phase
 from lpt.model import LPT, BackboneIdentity, create_backbone
 from lpt.utils import atomic_write_json, log, resolve_device, seed_everything
@@ -49,9 +50,11 @@ def build_model(cfg: Config, num_classes: int) -> tuple[LPT, BackboneIdentity]:
     """Backbone (seeded, so a random one is rebuilt identically on reload) plus prompts and head."""
     seed_everything(cfg.seed)
     m = cfg.model
-    backbone, identity = create_backbone(m.backbone, m.pretrained, m.checkpoint, **m.backbone_args)
+    backbone, identity = create_backbone(m.backbone, m.pretrained, m.checkpoint, layer_norm_eps=m.layer_norm_eps,
+                                         **m.backbone_args)
     model = LPT(backbone, num_classes, prompt_len=m.prompt_len, pool_size=m.pool_size, split_block=m.split_block,
-                top_k=m.top_k, feature_dropout=m.feature_dropout)
+                top_k=m.top_k, feature_dropout=m.feature_dropout, head=m.head, prompt_depth=m.prompt_depth,
+                query=m.query, train_backbone=cfg.method == "full")
     return model, identity
 
 
@@ -67,6 +70,13 @@ def load_checkpoint_into(model: LPT, identity: BackboneIdentity, path: Path) -> 
     load_trained(model, tensors, str(path))
     model.set_phase(int(meta.get("phase", 1)))
     return meta
+
+
+def _with_eval_transform(dataset, cfg: Config):
+    """The same images with the deterministic evaluation transform (features are computed once)."""
+    clone = copy.copy(dataset)
+    clone.transform = build_transform(cfg.data, train=False)
+    return clone
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -112,10 +122,16 @@ def train(cfg: Config, out_dir: Path) -> dict:
     try:
         for phase_name in cfg.phases:
             phase, pcfg = int(phase_name[-1]), getattr(cfg, phase_name)
-            stream = build_train_stream(splits.train, pcfg.sampling, pcfg.batch_size, cfg.data.samples_per_class,
-                                        cfg.data.num_workers, cfg.seed, rank=dist.rank, world_size=dist.world_size,
-                                        pin_memory=device.type == "cuda")
-            method = LPTPhase(phase, losses, cfg.loss.eta)
+            method = build_method(cfg.method, phase, losses, cfg.loss.eta).to(device)
+            train_set = splits.train
+            if isinstance(method, LinearProbe):
+                train_set = extract_features(model, _with_eval_transform(splits.train, cfg), device=device,
+                                             batch_size=cfg.eval_batch_size, precision=cfg.precision,
+                                             num_workers=cfg.data.num_workers, progress=cfg.progress)
+            in_memory = train_set is not splits.train
+            stream = build_train_stream(train_set, pcfg.sampling, pcfg.batch_size, cfg.data.samples_per_class,
+                                        0 if in_memory else cfg.data.num_workers, cfg.seed, rank=dist.rank,
+                                        world_size=dist.world_size, pin_memory=device.type == "cuda" and not in_memory)
             jsonl = (lambda r: _append_jsonl(out_dir / "metrics.jsonl", r)) if dist.is_main else None
             records = train_phase(model, method, stream, pcfg, device=device, precision=cfg.precision, dist=dist,
                                   progress=cfg.progress, desc=phase_name, on_epoch_end=jsonl)
@@ -136,7 +152,7 @@ def train(cfg: Config, out_dir: Path) -> dict:
         if dist.is_main:
             atomic_write_json(out_dir / "metrics.json", metrics)
             atomic_write_json(out_dir / "run.json", {
-                "lpt_version": __version__, "backbone": identity.to_dict(), "phases": summary,
+                "lpt_version": __version__, "method": cfg.method, "backbone": identity.to_dict(), "phases": summary,
                 "backbone_params": sum(p.numel() for p in model.backbone.parameters()),
                 "device": str(device), "world_size": dist.world_size, "wall_seconds": time.time() - started,
             })

@@ -31,3 +31,16 @@ class CosineClassifier(nn.Module):
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         """``[B, D] -> [B, C]`` cosines."""
         return F.normalize(feature, dim=-1) @ F.normalize(self.weight, dim=-1).t()
+
+
+class LinearClassifier(nn.Linear):
+    """Plain linear classifier (VPT, linear probe, full fine-tuning baselines); logits are unbounded,
+    so use it with ``loss.scale=1``."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__(dim, num_classes)
+        nn.init.zeros_(self.bias)
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+
+HEADS = {"cosine": CosineClassifier, "linear": LinearClassifier}

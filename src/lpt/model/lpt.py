@@ -14,8 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from lpt.model.heads import CosineClassifier
-from lpt.model.prompted_vit import block_forward, concat_kv, deep_prompt_blocks, embed, pooled_feature, prompt_kv
+from lpt.model.heads import HEADS
+from lpt.model.prompted_vit import (
+    block_forward, concat_kv, deep_prompt_blocks, embed, pooled_feature, prompt_kv, shallow_prompt_forward,
+)
 
 
 def _trunc_normal(*shape: int) -> nn.Parameter:
@@ -53,20 +55,26 @@ class GroupPromptPool(nn.Module):
 
 
 class LPT(nn.Module):
-    """Frozen ViT + shared prompt + group prompt pool + cosine classifier.
+    """Frozen ViT + shared prompt + group prompt pool + classifier.
 
-    ``model(images)`` gives cosine logits ``[B, C]`` of the current phase (1 or 2);
-    ``model.query(images)`` the phase-1 query ``[B, D]``; ``model.match(images)`` the selected
-    groups ``[B, k]``, most similar first.
+    ``model(images)`` gives logits ``[B, C]`` of the current phase (1 or 2), cosines for the
+    cosine head; ``model.query(images)`` the phase-2 query ``[B, D]``; ``model.match(images)`` the
+    selected groups ``[B, k]``, most similar first. Baselines are the same model with options:
+    VPT is phase 1 (``prompt_depth`` deep or shallow), a linear probe or full fine-tuning is
+    phase 1 with ``prompt_len=0`` (and ``train_backbone`` for the latter).
 
     Args:
-        backbone: a timm VisionTransformer with standard blocks (frozen here).
+        backbone: a timm VisionTransformer with standard blocks (frozen unless ``train_backbone``).
         num_classes: C.
         prompt_len: prompt tokens per block (shared and group prompts).
         pool_size: m.
         split_block: K; group prompts enter blocks K+1..L.
         top_k: k.
         feature_dropout: dropout on the feature before the classifier, in training.
+        head: ``cosine`` (LPT) or ``linear``.
+        prompt_depth: ``deep`` (a prompt per block, keys/values only) or ``shallow`` (VPT-Shallow).
+        query: phase-2 query function, ``shared`` (phase-1 prompted ViT) or ``plain`` (the ViT alone).
+        train_backbone: full fine-tuning: the backbone trains too.
     """
 
     def __init__(
@@ -78,16 +86,25 @@ class LPT(nn.Module):
         split_block: int = 6,
         top_k: int = 2,
         feature_dropout: float = 0.1,
+        head: str = "cosine",
+        prompt_depth: str = "deep",
+        query: str = "shared",
+        train_backbone: bool = False,
     ):
         super().__init__()
         depth, dim = len(backbone.blocks), backbone.embed_dim
         if not 0 <= split_block < depth:
             raise ValueError(f"split_block K={split_block} must be in [0, {depth}) for a ViT of {depth} blocks")
+        if head not in HEADS or prompt_depth not in ("deep", "shallow") or query not in ("shared", "plain"):
+            raise ValueError(f"unknown option: head={head!r}, prompt_depth={prompt_depth!r}, query={query!r}")
         self.backbone = backbone.requires_grad_(False)
         self.split_block = split_block
-        self.shared_prompt = _trunc_normal(depth, prompt_len, dim)
+        self.shallow = prompt_depth == "shallow"
+        self.plain_query = query == "plain"
+        self.train_backbone = train_backbone
+        self.shared_prompt = _trunc_normal(1 if self.shallow else depth, prompt_len, dim)
         self.pool = GroupPromptPool(pool_size, depth - split_block, prompt_len, dim, top_k)
-        self.head = CosineClassifier(dim, num_classes)
+        self.head = HEADS[head](dim, num_classes)
         self.dropout = nn.Dropout(feature_dropout)
         self.phase = 1
         self.set_phase(1)
@@ -96,29 +113,42 @@ class LPT(nn.Module):
     def num_classes(self) -> int:
         return self.head.weight.shape[0]
 
-    def set_phase(self, phase: int) -> None:
-        """Choose the forward and what trains: phase 1 the shared prompt, phase 2 the pool and keys;
-        the classifier trains in both."""
+    def set_phase(self, phase: int, train_shared: bool | None = None) -> None:
+        """Choose the forward and what trains: phase 1 the shared prompt, phase 2 the pool and keys
+        (and the shared prompt too when ``train_shared``, for joint training); the classifier trains
+        in both, the backbone only for full fine-tuning."""
         if phase not in (1, 2):
             raise ValueError(f"phase must be 1 or 2, got {phase}")
+        if phase == 2 and self.shallow:
+            raise ValueError("phase 2 needs a deep shared prompt; this model has a shallow one")
         self.phase = phase
-        self.shared_prompt.requires_grad_(phase == 1)
+        self.shared_prompt.requires_grad_(phase == 1 if train_shared is None else train_shared)
         self.pool.requires_grad_(phase == 2)
         self.head.requires_grad_(True)
+        self.backbone.requires_grad_(self.train_backbone)
 
     def trained_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything lpt trains (never the backbone), by state-dict name."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+        """Everything lpt trains, by state-dict name: the backbone only when it trains."""
+        return {k: v for k, v in self.state_dict().items() if self.train_backbone or not k.startswith("backbone.")}
 
     def _shared_pass(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens after block K and after all L blocks, with the shared prompt."""
+        """Tokens after block K and after all L blocks, with the (deep) shared prompt."""
         k = self.split_block
         h_k = deep_prompt_blocks(self.backbone, embed(self.backbone, images), self.shared_prompt[:k])
         return h_k, deep_prompt_blocks(self.backbone, h_k, self.shared_prompt[k:], start=k)
 
-    def query(self, images: torch.Tensor) -> torch.Tensor:
-        """Phase-1 feature ``[B, D]``: final norm at the class token after L blocks with the shared prompt."""
+    def phase1_feature(self, images: torch.Tensor) -> torch.Tensor:
+        """Feature of the phase-1 model ``[B, D]``: final norm at the class token after L blocks with
+        the shared prompt (deep or shallow)."""
+        if self.shallow:
+            return shallow_prompt_forward(self.backbone, images, self.shared_prompt[0])
         return pooled_feature(self.backbone, self._shared_pass(images)[1])
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        """Phase-2 query ``[B, D]``: the phase-1 feature, or the plain ViT's feature with ``query='plain'``."""
+        if self.plain_query:
+            return pooled_feature(self.backbone, self.backbone.blocks(embed(self.backbone, images)))
+        return self.phase1_feature(images)
 
     def _group_pass(self, h_k: torch.Tensor, group_prompts: torch.Tensor) -> torch.Tensor:
         """Blocks K+1..L again from ``h_k``, each with the shared and the per-image group prompt."""
@@ -129,12 +159,19 @@ class LPT(nn.Module):
         return pooled_feature(self.backbone, x)
 
     def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Feature of the current phase; in phase 2 also the query, selected groups and their key cosines."""
+        """Feature of the current phase; in phase 2 also the query, selected groups and their key cosines.
+
+        Phase 2 reuses the hidden state after block K of the query pass; that part runs without
+        gradient unless the shared prompt trains (joint training). The query never carries gradient.
+        """
         if self.phase == 1:
-            return {"feature": self.query(images)}
+            return {"feature": self.phase1_feature(images)}
+        k = self.split_block
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.shared_prompt.requires_grad):
+            h_k = deep_prompt_blocks(self.backbone, embed(self.backbone, images), self.shared_prompt[:k])
         with torch.no_grad():
-            h_k, x_l = self._shared_pass(images)
-            q = pooled_feature(self.backbone, x_l)
+            q = self.query(images) if self.plain_query else pooled_feature(
+                self.backbone, deep_prompt_blocks(self.backbone, h_k, self.shared_prompt[k:], start=k))
         groups, key_sim = self.pool.select(q)
         feature = self._group_pass(h_k, self.pool.ensemble(groups))
         return {"feature": feature, "query": q, "groups": groups, "key_sim": key_sim}
