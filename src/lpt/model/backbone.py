@@ -65,8 +65,15 @@ def check_vit_layout(model: nn.Module, name: str = "backbone") -> None:
             )
 
 
+def set_layer_norm_eps(module: nn.Module, eps: float) -> None:
+    """Set ``eps`` on every LayerNorm of ``module`` (timm's ViTs use 1e-6, the official LPT model 1e-5)."""
+    for m in module.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.eps = eps
+
+
 def create_backbone(
-    name: str, pretrained: bool = True, checkpoint: str = "", **kwargs: Any
+    name: str, pretrained: bool = True, checkpoint: str = "", layer_norm_eps: float = 0.0, **kwargs: Any
 ) -> tuple[VisionTransformer, BackboneIdentity]:
     """Build a frozen, headless timm ViT and its identity.
 
@@ -74,11 +81,14 @@ def create_backbone(
         name: timm model name, ideally with its weights tag (``vit_base_patch16_224.augreg_in21k``).
         pretrained: load timm's pretrained weights for ``name`` (hub download, cached).
         checkpoint: local weights file (.safetensors, .pth, .npz); takes precedence over ``pretrained``.
+        layer_norm_eps: > 0 sets the eps of every LayerNorm after creation; 0 keeps timm's.
         **kwargs: passed to ``timm.create_model`` (img_size, patch_size, embed_dim, depth, ...).
     """
     arch = name.split(".")[0]
     if not timm.is_model(arch):
         raise BackboneError(f"unknown backbone '{name}'; see timm.list_models('vit_*') for valid names")
+    if layer_norm_eps < 0:
+        raise BackboneError(f"layer_norm_eps is {layer_norm_eps}; expected 0 (timm's default) or a positive number")
     create_kwargs: dict[str, Any] = dict(kwargs)
     if checkpoint:
         path = Path(checkpoint)
@@ -98,6 +108,8 @@ def create_backbone(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackboneError(f"backbone '{name}' ({source}{': ' + checkpoint if checkpoint else ''}): {first}") from exc
     check_vit_layout(model, name)
+    if layer_norm_eps > 0:
+        set_layer_norm_eps(model, layer_norm_eps)
     model.requires_grad_(False)
     if source == "random":
         log.warning("BACKBONE '%s' IS RANDOMLY INITIALISED: no pretrained weights; results will be poor", name)
