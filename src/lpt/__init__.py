@@ -11,5 +11,7 @@ __version__ = "0.1.0"
 
 from lpt.engine.runner import Run, evaluate_run, load_run, train  # noqa: E402
 from lpt.model import LPT, create_backbone  # noqa: E402
+from lpt.official import load_official_checkpoint  # noqa: E402
 
-__all__ = ["LPT", "Run", "create_backbone", "evaluate_run", "load_run", "train", "__version__"]
+__all__ = ["LPT", "Run", "create_backbone", "evaluate_run", "load_official_checkpoint", "load_run", "train",
+           "__version__"]
