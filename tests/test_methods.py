@@ -173,14 +173,17 @@ class TinyStream:
         self.nan_at = nan_at  # (epoch, iteration)
         self.epochs = []
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch, start_step=0):
         self.epochs.append(epoch)
+        self.start_step = start_step
 
     def __len__(self):
         return len(self.batches)
 
     def __iter__(self):
         for i, b in enumerate(self.batches):
+            if i < self.start_step:
+                continue
             if self.nan_at == (self.epochs[-1], i):
                 b = {k: (torch.full_like(x, float("nan")), y) for k, (x, y) in b.items()}
             yield b

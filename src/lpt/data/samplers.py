@@ -45,17 +45,20 @@ class _ShardedSampler(Sampler[int]):
         self.total = math.ceil(total / self.world_size) * self.world_size  # every rank gets as many
         self.seed = seed
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose sequence the next iteration yields."""
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the epoch whose sequence the next iteration yields, leaving out this rank's first
+        ``skip`` indices (a run resumed mid-epoch)."""
         self.epoch = epoch
+        self.skip = skip
 
     def global_order(self) -> list[int]:
         """The whole epoch's sequence, of length ``total``, identical on every rank."""
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.global_order()[self.rank::self.world_size])
+        return iter(self.global_order()[self.rank::self.world_size][self.skip:])
 
     def __len__(self) -> int:
         return self.total // self.world_size
@@ -165,18 +168,21 @@ class TrainStream:
 
     def __init__(self, loaders: dict[str, DataLoader], iterations: int):
         self.loaders, self.iterations = loaders, iterations
+        self.start_step = 0
 
     def __len__(self) -> int:
         return self.iterations
 
-    def set_epoch(self, epoch: int) -> None:
-        """Reseed every sampler for ``epoch``."""
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Reseed every sampler for ``epoch``; the next iteration starts at step ``start_step`` and
+        yields exactly what an iteration from step 0 would have yielded from there on."""
         for loader in self.loaders.values():
-            loader.sampler.set_epoch(epoch)
+            loader.sampler.set_epoch(epoch, skip=start_step * loader.batch_size)
+        self.start_step = start_step
 
     def __iter__(self) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         iters = {key: iter(loader) for key, loader in self.loaders.items()}
-        for _ in range(self.iterations):
+        for _ in range(self.start_step, self.iterations):
             yield {key: next(it) for key, it in iters.items()}
 
 

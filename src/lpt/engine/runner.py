@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from lpt.analysis.metrics import shot_accuracy
 from lpt.config import Config, ConfigError, apply_overrides, from_dict, read_yaml, save_config, to_dict
 from lpt.data import build_datasets, build_train_stream, build_transform
 from lpt.engine.checkpoint import CheckpointError, load_trained, read_checkpoint, save_checkpoint
+from lpt.engine.resume import RESUME_FILE, StopRequest, load_resume, run_lock, save_resume
 from lpt.engine.distributed import DistContext, init_distributed
 from lpt.engine.evaluate import extract_features, predict
 from lpt.engine.methods import LinearProbe, build_method, stream_losses
@@ -98,29 +100,73 @@ def _shot_metrics(model: LPT, dataset, train_counts: list[int], cfg: Config, dev
     return shot_accuracy(out["preds"], out["labels"], train_counts) | {"phase": model.phase}
 
 
-def train(cfg: Config, out_dir: Path) -> dict:
-    """Train every phase of ``cfg`` into ``out_dir``; returns the final metrics (also in metrics.json)."""
-    device, started = resolve_device(cfg.device), time.time()
+def _truncate_lines(path: Path, keep: int) -> None:
+    """Drop records written after the state a run resumes from."""
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(lines[:keep]))
+
+
+def _count_lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def train(cfg: Config, out_dir: Path, resume: bool = False) -> dict:
+    """Train every phase of ``cfg`` into ``out_dir``; returns the final metrics (also in metrics.json).
+
+    With ``resume``, continue from ``out_dir``'s resumable state (the config must be the run's own).
+    SIGINT / SIGTERM save that state at the next step boundary and raise ``Interrupted``.
+    """
+    device = resolve_device(cfg.device)
     dist, device = init_distributed(device)
     out_dir = Path(out_dir)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    lock = run_lock(out_dir) if dist.is_main else nullcontext()
+    with lock, StopRequest().installed() as stop:
+        return _train_locked(cfg, out_dir, resume, device, dist, stop)
+
+
+def _train_locked(cfg: Config, out_dir: Path, resume: bool, device: torch.device, dist: DistContext,
+                  stop: StopRequest) -> dict:
+    started = time.time()
+    state = load_resume(out_dir) if resume else None
+    if state is not None and state[1].get("finished"):
+        raise ConfigError(f"run {out_dir} already finished; its metrics are in {out_dir / 'metrics.json'}")
     splits = build_datasets(cfg.data)
     model, identity = build_model(cfg, splits.num_classes)
-    model.to(device)
-    if cfg.init:
+    if state is not None:
+        load_trained(model, state[0], str(out_dir / RESUME_FILE))
+        state[2]()  # RNG states of the moment the run stopped
+    elif cfg.init:
         load_checkpoint_into(model, identity, Path(cfg.init) / CHECKPOINT)
+    model.to(device)
+    position = state[1] if state is not None else {"phase_index": 0, "phase": None, "summary": {}, "jsonl_lines": 0}
+    jsonl_path = out_dir / "metrics.jsonl"
     handler = None
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         handler = _attach_log_file(out_dir)
         save_config(cfg, out_dir / "config.yaml")
         atomic_write_json(out_dir / "classes.json", {"classes": splits.classes, "train_counts": splits.train_counts})
-        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    log.info("run %s: %d classes, %d training and %d test images, backbone %s (%s)", out_dir, splits.num_classes,
+        _truncate_lines(jsonl_path, position["jsonl_lines"])
+    log.info("run %s%s: %d classes, %d training and %d test images, backbone %s (%s)", out_dir,
+             f" resumed at phase {position['phase_index'] + 1}" if state else "", splits.num_classes,
              len(splits.train), len(splits.test), identity.name, identity.source)
     losses = stream_losses(cfg, splits.train_counts).to(device)
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = dict(position["summary"])
+    metrics = position.get("metrics")
+
+    def save(index: int, phase_position: dict | None, **extra: Any) -> None:
+        if dist.is_main:
+            save_resume(out_dir, model.trained_tensors(), {"phase_index": index, "phase": phase_position,
+                                                           "summary": summary, "metrics": metrics,
+                                                           "jsonl_lines": _count_lines(jsonl_path)} | extra)
+
     try:
-        for phase_name in cfg.phases:
+        for index, phase_name in enumerate(cfg.phases):
+            if index < position["phase_index"]:
+                continue
             phase, pcfg = int(phase_name[-1]), getattr(cfg, phase_name)
             method = build_method(cfg.method, phase, losses, cfg.loss.eta).to(device)
             train_set = splits.train
@@ -132,23 +178,28 @@ def train(cfg: Config, out_dir: Path) -> dict:
             stream = build_train_stream(train_set, pcfg.sampling, pcfg.batch_size, cfg.data.samples_per_class,
                                         0 if in_memory else cfg.data.num_workers, cfg.seed, rank=dist.rank,
                                         world_size=dist.world_size, pin_memory=device.type == "cuda" and not in_memory)
-            jsonl = (lambda r: _append_jsonl(out_dir / "metrics.jsonl", r)) if dist.is_main else None
-            records = train_phase(model, method, stream, pcfg, device=device, precision=cfg.precision, dist=dist,
-                                  progress=cfg.progress, desc=phase_name, on_epoch_end=jsonl)
+            jsonl = (lambda r: _append_jsonl(jsonl_path, r)) if dist.is_main else None
+            records = train_phase(
+                model, method, stream, pcfg, device=device, precision=cfg.precision, dist=dist,
+                progress=cfg.progress, desc=phase_name, on_epoch_end=jsonl,
+                resume=position["phase"] if index == position["phase_index"] else None,
+                save=lambda pos, index=index: save(index, pos), checkpoint_every=cfg.checkpoint_every,
+                should_stop=stop)
             metrics = _shot_metrics(model, splits.test, splits.train_counts, cfg, device, dist, f"eval {phase_name}")
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             summary[phase_name] = {k: metrics[k] for k in ("overall", "many", "medium", "few")} | {
                 "trainable_params": trainable,
                 "train_seconds": sum(r["seconds"] for r in records),
-                "images_per_s": records[-1]["images_per_s"],
+                "images_per_s": records[-1]["images_per_s"] if records else None,
             }
             log.info("%s: overall %.2f, many %s, medium %s, few %s", phase_name, metrics["overall"],
                      *(f"{metrics[g]:.2f}" if metrics[g] is not None else "-" for g in ("many", "medium", "few")))
             if dist.is_main:
-                _append_jsonl(out_dir / "metrics.jsonl", {"phase": phase_name, "eval": summary[phase_name]})
+                _append_jsonl(jsonl_path, {"phase": phase_name, "eval": summary[phase_name]})
                 meta = {"lpt_version": __version__, "phase": phase, "num_classes": splits.num_classes,
                         "backbone": identity.to_dict(), "model": to_dict(cfg)["model"]}
                 save_checkpoint(out_dir / CHECKPOINT, model.trained_tensors(), meta)
+            save(index + 1, None)
         if dist.is_main:
             atomic_write_json(out_dir / "metrics.json", metrics)
             atomic_write_json(out_dir / "run.json", {
@@ -156,6 +207,7 @@ def train(cfg: Config, out_dir: Path) -> dict:
                 "backbone_params": sum(p.numel() for p in model.backbone.parameters()),
                 "device": str(device), "world_size": dist.world_size, "wall_seconds": time.time() - started,
             })
+            save(len(cfg.phases), None, finished=True)
     finally:
         if handler is not None:
             log.removeHandler(handler)

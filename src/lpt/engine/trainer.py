@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -38,6 +39,10 @@ def scaled_lr(phase_cfg: PhaseConfig, world_size: int) -> float:
     return phase_cfg.lr * phase_cfg.batch_size * world_size / 256.0
 
 
+class Interrupted(RuntimeError):
+    """Training stopped on SIGINT / SIGTERM after saving a resumable state."""
+
+
 def train_phase(
     model: nn.Module,
     method: nn.Module,
@@ -51,11 +56,20 @@ def train_phase(
     desc: str = "train",
     on_epoch_end: Callable[[dict], None] | None = None,
     log_every: int = 10,
+    resume: dict[str, Any] | None = None,
+    save: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_every: int = 0,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> list[dict]:
     """Train ``method``'s parameters of ``model`` for ``phase_cfg.epochs`` epochs over ``stream``.
 
     ``stream`` yields one dict of ``{stream_name: (images, labels)}`` per iteration and has
-    ``set_epoch`` and ``len``. Returns one record per epoch (loss, accuracy, lr, images/s).
+    ``set_epoch(epoch, start_step)`` and ``len``. Returns one record per epoch (loss, accuracy,
+    lr, images/s).
+
+    Resumable: ``save`` receives the position (epoch, next step, running sums, finished records,
+    optimizer state) at the end of every epoch, every ``checkpoint_every`` steps, and when
+    ``should_stop()`` turns true (then ``Interrupted`` is raised); ``resume`` is such a position.
     """
     params = method.prepare(model)
     opt = torch.optim.SGD(params, lr=0.0, momentum=phase_cfg.momentum, weight_decay=phase_cfg.weight_decay)
@@ -63,18 +77,39 @@ def train_phase(
     warmup = round(phase_cfg.warmup_epochs * steps_per_epoch)
     lrs = lr_schedule(scaled_lr(phase_cfg, dist.world_size), phase_cfg.epochs * steps_per_epoch, warmup)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
-    records = []
-    for epoch in range(phase_cfg.epochs):
-        stream.set_epoch(epoch)
+    resume = resume or {"epoch": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "records": []}
+    if resume.get("optimizer") is not None:
+        opt.load_state_dict(resume["optimizer"])
+    records = list(resume["records"])
+    for epoch in range(resume["epoch"], phase_cfg.epochs):
+        first = resume["step"] if epoch == resume["epoch"] else 0
+        stream.set_epoch(epoch, start_step=first)
         model.train()
         method.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
+        sums = resume if epoch == resume["epoch"] else {"loss_sum": 0.0, "correct": 0, "seen": 0}
+        loss_sum = torch.tensor(float(sums["loss_sum"]), device=device)
+        correct = torch.tensor(int(sums["correct"]), device=device, dtype=torch.long)
         first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first non-finite step, kept on device
-        seen, start = 0, time.perf_counter()
+        seen, start = int(sums["seen"]), time.perf_counter()
+        seen_at_start = seen
+
+        def check_finite() -> None:
+            if first_bad.item() >= 0:
+                bad = first_bad.item()
+                raise TrainingError(f"{desc}: loss is not finite at epoch {bad // steps_per_epoch + 1}, step "
+                                    f"{bad}; stopping (the last checkpoint written is the last good one)")
+
+        def position(next_epoch: int, next_step: int, finished: list[dict]) -> dict[str, Any]:
+            check_finite()
+            mid = next_step > 0
+            return {"epoch": next_epoch, "step": next_step, "records": finished, "optimizer": opt.state_dict(),
+                    "loss_sum": loss_sum.item() if mid else 0.0, "correct": correct.item() if mid else 0,
+                    "seen": seen if mid else 0}
+
         bar = tqdm(stream, desc=f"{desc} {epoch + 1}/{phase_cfg.epochs}", disable=not progress or None,
-                   leave=False, mininterval=2.0)
-        for i, batches in enumerate(bar):
+                   leave=False, mininterval=2.0, initial=first, total=steps_per_epoch)
+        step = epoch * steps_per_epoch + first - 1
+        for i, batches in enumerate(bar, start=first):
             step = epoch * steps_per_epoch + i
             for group in opt.param_groups:
                 group["lr"] = lrs[step]
@@ -93,22 +128,29 @@ def train_phase(
             correct += (out["logits"].detach().argmax(1) == out["labels"]).sum()
             seen += len(out["labels"])
             if i % log_every == 0 or i == steps_per_epoch - 1:
-                loss_now = loss.item()
-                if first_bad.item() >= 0:
-                    bad = first_bad.item()
-                    raise TrainingError(f"{desc}: loss is not finite at epoch {bad // steps_per_epoch + 1}, step "
-                                        f"{bad}; stopping (the last checkpoint written is the last good one)")
-                bar.set_postfix(loss=f"{loss_now:.3f}", acc=f"{100.0 * correct.item() / seen:.1f}",
-                                img_s=f"{seen * dist.world_size / (time.perf_counter() - start):.0f}")
+                check_finite()
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{100.0 * correct.item() / seen:.1f}",
+                                img_s=f"{(seen - seen_at_start) * dist.world_size / (time.perf_counter() - start):.0f}")
+            if i + 1 < steps_per_epoch and save is not None:
+                if should_stop():
+                    save(position(epoch, i + 1, records))
+                    raise Interrupted(f"{desc}: stopped at epoch {epoch + 1}, step {step + 1}")
+                if checkpoint_every and (step + 1) % checkpoint_every == 0:
+                    save(position(epoch, i + 1, records))
+        check_finite()
         seconds = time.perf_counter() - start
         record = {
             "phase": desc, "epoch": epoch + 1, "loss": loss_sum.item() / steps_per_epoch,
             "train_acc": 100.0 * correct.item() / max(seen, 1), "lr": lrs[min(step, len(lrs) - 1)],
-            "seconds": seconds, "images_per_s": seen * dist.world_size / seconds,
+            "seconds": seconds, "images_per_s": (seen - seen_at_start) * dist.world_size / max(seconds, 1e-9),
         }
         log.info("%s epoch %d/%d: loss %.4f, train acc %.2f%%, %.0f images/s", desc, epoch + 1, phase_cfg.epochs,
                  record["loss"], record["train_acc"], record["images_per_s"])
         records.append(record)
         if on_epoch_end is not None:
             on_epoch_end(record)
+        if save is not None:
+            save(position(epoch + 1, 0, records))
+            if should_stop() and epoch + 1 < phase_cfg.epochs:
+                raise Interrupted(f"{desc}: stopped after epoch {epoch + 1}")
     return records
