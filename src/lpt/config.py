@@ -91,6 +91,7 @@ class PhaseConfig:
     weight_decay: float = 0.0
     warmup_epochs: float = 1.0
     sampling: str = "dual"  # dual | instance | balanced
+    grad_accum: int = 1  # split each step's batches into this many micro-batches (less memory, same result)
 
 
 @dataclass
@@ -157,7 +158,8 @@ def validate(cfg: Config) -> Config:
     }
     for phase in PHASES:
         p = getattr(cfg, phase)
-        positive.update({f"{phase}.epochs": p.epochs, f"{phase}.batch_size": p.batch_size, f"{phase}.lr": p.lr})
+        positive.update({f"{phase}.epochs": p.epochs, f"{phase}.batch_size": p.batch_size, f"{phase}.lr": p.lr,
+                         f"{phase}.grad_accum": p.grad_accum})
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"config key '{key}' is {value!r}; expected a positive number")

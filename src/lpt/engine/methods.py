@@ -66,7 +66,9 @@ class LPTPhase(nn.Module):
         return self.eta * (epochs - epoch) / epochs
 
     def forward(self, model: LPT, batches: dict[str, tuple[torch.Tensor, torch.Tensor]], epoch: int,
-                epochs: int) -> dict[str, torch.Tensor]:
+                epochs: int, shares: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+        """Weighted loss of one step. ``shares`` scales each stream's term by the fraction of that stream's
+        batch these images are (gradient accumulation), so micro-batch losses add up to the full one."""
         names = list(batches)
         images = torch.cat([batches[n][0] for n in names])
         labels = torch.cat([batches[n][1] for n in names])
@@ -79,7 +81,8 @@ class LPTPhase(nn.Module):
             term = self.losses[name](lg, y)
             if ks is not None:
                 term = term + (1.0 - ks.mean())
-            total = total + self.stream_weight(name, len(names), epoch, epochs) * term
+            share = 1.0 if shares is None else shares[name]
+            total = total + share * self.stream_weight(name, len(shares or names), epoch, epochs) * term
         return {"loss": total, "logits": out["logits"], "labels": labels}
 
 

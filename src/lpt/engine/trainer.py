@@ -39,6 +39,37 @@ def scaled_lr(phase_cfg: PhaseConfig, world_size: int) -> float:
     return phase_cfg.lr * phase_cfg.batch_size * world_size / 256.0
 
 
+def _micro_batches(batches: dict[str, tuple[torch.Tensor, torch.Tensor]], n: int) -> list[dict]:
+    """Split every stream's batch into ``n`` near-equal parts (gradient accumulation)."""
+    parts = {k: (x.tensor_split(n), y.tensor_split(n)) for k, (x, y) in batches.items()}
+    micro = [{k: (xs[i], ys[i]) for k, (xs, ys) in parts.items() if len(ys[i])} for i in range(n)]
+    return [m for m in micro if m]
+
+
+def _forward_backward(method: nn.Module, model: nn.Module, batches: dict, epoch: int, phase_cfg: PhaseConfig,
+                      scaler: torch.amp.GradScaler, device: torch.device, precision: str, desc: str) -> dict:
+    """Loss and gradients of one step, in ``grad_accum`` micro-batches whose losses and gradients add
+    up to the full batch's (each stream's term is weighted by the micro-batch's share of that stream)."""
+    total = sum(len(y) for _, y in batches.values())
+    losses, logits, labels = [], [], []
+    try:
+        for micro in _micro_batches(batches, phase_cfg.grad_accum):
+            shares = {k: len(micro[k][1]) / len(y) if k in micro else 0.0 for k, (_, y) in batches.items()}
+            with autocast(device, precision):
+                out = method(model, micro, epoch, phase_cfg.epochs, shares)
+            scaler.scale(out["loss"]).backward()
+            losses.append(out["loss"].detach())
+            logits.append(out["logits"].detach())
+            labels.append(out["labels"])
+    except torch.cuda.OutOfMemoryError:
+        per_stream = max(len(y) for _, y in batches.values())
+        raise TrainingError(
+            f"{desc}: GPU out of memory at batch size {per_stream} per stream ({total} images per step); lower "
+            f"{desc}.batch_size or set {desc}.grad_accum={2 * phase_cfg.grad_accum} (same batch, less memory)"
+        ) from None
+    return {"loss": torch.stack(losses).sum(), "logits": torch.cat(logits), "labels": torch.cat(labels)}
+
+
 class Interrupted(RuntimeError):
     """Training stopped on SIGINT / SIGTERM after saving a resumable state."""
 
@@ -115,10 +146,8 @@ def train_phase(
                 group["lr"] = lrs[step]
             batches = {k: (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
                        for k, (x, y) in batches.items()}
-            with autocast(device, precision):
-                out = method(model, batches, epoch, phase_cfg.epochs)
             opt.zero_grad(set_to_none=True)
-            scaler.scale(out["loss"]).backward()
+            out = _forward_backward(method, model, batches, epoch, phase_cfg, scaler, device, precision, desc)
             dist.average_gradients(params)
             scaler.step(opt)
             scaler.update()
@@ -154,3 +183,30 @@ def train_phase(
             if should_stop() and epoch + 1 < phase_cfg.epochs:
                 raise Interrupted(f"{desc}: stopped after epoch {epoch + 1}")
     return records
+
+
+class TensorBoardLog:
+    """Per-epoch records to TensorBoard under ``log_dir``, when ``tensorboard`` is installed (the optional
+    extra); otherwise it does nothing. Each numeric field becomes the scalar ``<phase>/<field>`` at
+    step ``epoch``.
+    """
+
+    def __init__(self, log_dir: str):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            self.writer = None
+        else:
+            self.writer = SummaryWriter(str(log_dir))
+
+    def __call__(self, record: dict) -> None:
+        if self.writer is None:
+            return
+        for key, value in record.items():
+            if key not in ("phase", "epoch") and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{record['phase']}/{key}", value, record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
