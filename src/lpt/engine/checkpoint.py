@@ -58,6 +58,7 @@ def load_trained(module: nn.Module, tensors: dict[str, torch.Tensor], source: st
     for name, value in tensors.items():
         if value.shape != expected[name].shape:
             raise CheckpointError(
-                f"{source}: tensor '{name}' has shape {tuple(value.shape)}, the model expects {tuple(expected[name].shape)}"
+                f"{source}: tensor '{name}' has shape {tuple(value.shape)}, "
+                f"the model expects {tuple(expected[name].shape)}"
             )
     module.load_state_dict(tensors, strict=False)

@@ -15,7 +15,8 @@ from typing import Any
 import timm
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import Attention, Block, VisionTransformer
+from timm.models import load_state_dict as timm_load_state_dict
+from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
 
 from lpt.utils import log
 
@@ -72,6 +73,26 @@ def set_layer_norm_eps(module: nn.Module, eps: float) -> None:
             m.eps = eps
 
 
+def load_weights_file(model: VisionTransformer, path: Path) -> None:
+    """Load a local weights file strictly (timm's own pretrained path is lenient when the head differs).
+
+    ``.npz`` is the original JAX/big_vision format (timm's converter assigns every tensor); other
+    files are state dicts (safetensors, or a pickle read with ``weights_only=True``), remapped by
+    timm's ViT filter (position-embedding resampling, foreign key names) and stripped of heads.
+    """
+    if path.suffix == ".npz":
+        model.load_pretrained(str(path))
+        return
+    state = checkpoint_filter_fn(timm_load_state_dict(str(path), weights_only=True), model)
+    state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist.", "fc_norm."))
+             or k in model.state_dict()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BackboneError(f"{path}: weights do not fit this backbone: missing {missing[:4]}"
+                            f"{' ...' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
+                            f"{' ...' if len(unexpected) > 4 else ''}")
+
+
 def create_backbone(
     name: str, pretrained: bool = True, checkpoint: str = "", layer_norm_eps: float = 0.0, **kwargs: Any
 ) -> tuple[VisionTransformer, BackboneIdentity]:
@@ -89,22 +110,20 @@ def create_backbone(
         raise BackboneError(f"unknown backbone '{name}'; see timm.list_models('vit_*') for valid names")
     if layer_norm_eps < 0:
         raise BackboneError(f"layer_norm_eps is {layer_norm_eps}; expected 0 (timm's default) or a positive number")
-    create_kwargs: dict[str, Any] = dict(kwargs)
-    if checkpoint:
-        path = Path(checkpoint)
+    path = Path(checkpoint) if checkpoint else None
+    if path is not None:
         if not path.is_file():
             raise BackboneError(f"backbone checkpoint {path} does not exist")
         if path.suffix not in WEIGHT_SUFFIXES:
             raise BackboneError(f"backbone checkpoint {path}: expected one of {', '.join(WEIGHT_SUFFIXES)}")
-        overlay = {"file": str(path), "custom_load": path.suffix == ".npz"}
-        create_kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
-        source = "file"
-    else:
-        create_kwargs["pretrained"] = pretrained
-        source = "timm-pretrained" if pretrained else "random"
+    source = "file" if path is not None else ("timm-pretrained" if pretrained else "random")
     try:
-        model = timm.create_model(name, num_classes=0, **create_kwargs)
-    except (RuntimeError, OSError, TypeError) as exc:
+        model = timm.create_model(name, num_classes=0, pretrained=pretrained and path is None, **kwargs)
+        if path is not None:
+            load_weights_file(model, path)
+    except (RuntimeError, OSError, TypeError, KeyError, ValueError) as exc:
+        if isinstance(exc, BackboneError):
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackboneError(f"backbone '{name}' ({source}{': ' + checkpoint if checkpoint else ''}): {first}") from exc
     check_vit_layout(model, name)
