@@ -49,7 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.config or args.overrides or args.out:
-            raise ConfigError("--resume RUN_DIR continues a run with its own config; drop --config, --out and overrides")
+            raise ConfigError("--resume RUN_DIR continues a run with its own config; "
+                              "drop --config, --out and overrides")
         out = Path(args.resume)
         if not (out / "config.yaml").is_file():
             raise ConfigError(f"{out} is not an lpt run directory (no config.yaml)")
@@ -93,7 +94,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(metrics))
     else:
         print(shot_table({f"{args.run} (phase {metrics['phase']})": metrics}))
-        print(f"official shot rule: " + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics["official"].items()))
+        print("official shot rule: " + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics["official"].items()))
     return 0
 
 
@@ -137,6 +138,61 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     plot = plot_counts(stats, default_plot_path(args.target, args.out), title=f"{Path(args.target).stem}: "
                        f"{stats['num_classes']:,} classes, {stats['num_images']:,} images")
     print(f"plot: {plot}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lpt.analysis.report import compute_predictions, lacks_predictions, write_report
+
+    if lacks_predictions(args.run_dir):
+        try:
+            print(f"computing {compute_predictions(args.run_dir, args.device)} for the prompt matching statistics")
+        except _user_errors() as exc:
+            print(f"lpt report: warning: cannot compute the predictions ({exc}); the report omits prompt matching",
+                  file=sys.stderr)
+    html_path, md_path = write_report(args.run_dir)
+    print(f"wrote {html_path} and {md_path}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from lpt.analysis.analyze import ANALYSIS_JSON, analyze_run, format_analysis
+
+    record = analyze_run(args.run_dir, [f"data.{o}" if not o.startswith("data.") else o for o in args.data or []],
+                         k=args.k, device=args.device, max_lda_classes=args.lda_classes)
+    print(format_analysis(record))
+    print(f"wrote {Path(args.run_dir) / ANALYSIS_JSON}" + (f" and {Path(args.run_dir) / record['lda']['plot']}"
+                                                          if record["lda"]["plot"] else ""))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lpt.analysis.compare import compare_runs, to_markdown, write_comparison
+
+    rows = compare_runs(args.runs)
+    print(to_markdown(rows))
+    if args.out:
+        md_path, csv_path = write_comparison(rows, args.out)
+        print(f"wrote {md_path} and {csv_path}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from lpt.official import parse_backbone_args
+    from lpt.pretrain import PretrainConfig, pretrain
+
+    steps = args.steps if args.steps is not None else (0 if args.epochs else 1000)
+    cfg = PretrainConfig(recipe=args.recipe, backbone=args.backbone,
+                         backbone_args=parse_backbone_args(args.backbone_arg), img_size=args.img, steps=steps,
+                         epochs=args.epochs or 0, batch_size=args.batch, lr=args.lr, weight_decay=args.weight_decay,
+                         device=args.device, seed=args.seed, log_every=args.log_every,
+                         workers=args.workers, data_root=args.data_root, mask_ratio=args.mask_ratio,
+                         num_classes=args.num_classes, font_dirs=tuple(args.font_dir or ()))
+    card = pretrain(cfg, args.out).card
+    metric = card["final_metric"]
+    print(f"final {metric['name']}: {metric['value']:.4f} ({metric['on']})")
+    print(f"wrote {Path(args.out) / card['weights']['file']} (fingerprint {card['weights']['fingerprint']}), "
+          f"card.json and card.md; use it with: lpt demo {card['load']['config']}")
     return 0
 
 
@@ -196,6 +252,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="folder of the plot <name>_counts.png (default: current folder)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.train_list=...")
     p.set_defaults(func=cmd_data_stats)
+
+    p = sub.add_parser("report", help="write report.html and report.md (with plots) into a finished run directory")
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--device", default="auto", help="where to compute predictions.npz if the run lacks it")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("analyze", help="feature geometry (R, D, gamma), k-NN accuracy and LDA of a run's features")
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--data", nargs="+", metavar="key=value", help="data overrides, e.g. test_list=val.txt root=/data")
+    p.add_argument("--k", type=int, default=10, help="neighbours of the cosine k-NN classifier (default 10)")
+    p.add_argument("--lda-classes", type=int, default=20, help="classes drawn in the LDA plot (default 20)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("compare", help="table of runs: method, backbone, shot-group accuracy, parameters, images/s")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
+    p.add_argument("--out", metavar="PREFIX", help="also write PREFIX.md and PREFIX.csv")
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("pretrain", help="pretrain a small timm ViT offline (MAE or glyphs) into timm weights")
+    p.add_argument("--recipe", required=True, choices=("mae", "glyphs"),
+                   help="mae: masked autoencoder on Fashion-MNIST's training images (no labels); "
+                        "glyphs: classify characters rendered from the system fonts")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/backbone.safetensors, card.json, card.md")
+    p.add_argument("--backbone", default="vit_tiny_patch16_224", help="timm architecture (default %(default)s)")
+    p.add_argument("--backbone-arg", action="append", metavar="NAME=VALUE",
+                   help="timm.create_model argument, repeatable (e.g. patch_size=4, depth=12)")
+    p.add_argument("--img", type=int, default=28, help="image side in pixels (default 28)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimiser steps (default 1000)")
+    length.add_argument("--epochs", type=int, help="mae: passes over the images; glyphs: 100 new images per class each")
+    p.add_argument("--batch", type=int, default=512, help="images per step (default 512)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices (default 0.05)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=50, help="steps between progress lines (default 50)")
+    p.add_argument("--workers", type=int, default=-1, help="glyph rendering processes (default: cores - 1, max 16)")
+    p.add_argument("--data-root", default="", help="mae: Fashion-MNIST IDX folder (default: Debian's location)")
+    p.add_argument("--mask-ratio", type=float, default=0.75, help="mae: patches masked per image (default 0.75)")
+    p.add_argument("--num-classes", type=int, default=1000, help="glyphs: characters to classify (default 1000)")
+    p.add_argument("--font-dir", action="append", metavar="DIR", help="glyphs: font folder, repeatable "
+                   "(default: /usr/share/fonts and the other system font folders)")
+    p.set_defaults(func=cmd_pretrain)
     return parser
 
 
