@@ -28,7 +28,7 @@ from lpt.engine.resume import RESUME_FILE, StopRequest, load_resume, run_lock, s
 from lpt.engine.distributed import DistContext, init_distributed
 from lpt.engine.evaluate import extract_features, predict
 from lpt.engine.methods import LinearProbe, build_method, stream_losses
-from lpt.engine.trainer import train_phase
+from lpt.engine.trainer import TensorBoardLog, train_phase
 from lpt.model import LPT, BackboneIdentity, create_backbone
 from lpt.utils import atomic_write_json, log, resolve_device, seed_everything
 
@@ -67,7 +67,8 @@ def load_checkpoint_into(model: LPT, identity: BackboneIdentity, path: Path) -> 
     if theirs.get("fingerprint") != identity.fingerprint:
         raise CheckpointError(
             f"{path} was trained on backbone {theirs.get('name')} ({theirs.get('source')}, fingerprint "
-            f"{theirs.get('fingerprint')}), not on {identity.name} ({identity.source}, fingerprint {identity.fingerprint})"
+            f"{theirs.get('fingerprint')}), not on {identity.name} ({identity.source}, "
+            f"fingerprint {identity.fingerprint})"
         )
     load_trained(model, tensors, str(path))
     model.set_phase(int(meta.get("phase", 1)))
@@ -94,10 +95,23 @@ def _attach_log_file(out_dir: Path) -> logging.Handler:
 
 
 def _shot_metrics(model: LPT, dataset, train_counts: list[int], cfg: Config, device: torch.device,
-                  dist: DistContext, desc: str) -> dict:
+                  dist: DistContext, desc: str) -> tuple[dict, dict]:
     out = predict(model, dataset, device=device, batch_size=cfg.eval_batch_size, precision=cfg.precision,
                   num_workers=cfg.data.num_workers, dist=dist, progress=cfg.progress, desc=desc)
-    return shot_accuracy(out["preds"], out["labels"], train_counts) | {"phase": model.phase}
+    return shot_accuracy(out["preds"], out["labels"], train_counts) | {"phase": model.phase}, out
+
+
+def _write_report(out_dir: Path, outputs: dict | None) -> None:
+    """predictions.npz (final evaluation) and report.html / report.md; a failure only warns: the run is saved."""
+    try:
+        from lpt.analysis.report import write_report
+        from lpt.analysis.rundir import write_predictions
+
+        if outputs is not None:
+            write_predictions(out_dir, outputs)
+        write_report(out_dir)
+    except Exception as exc:  # noqa: BLE001 - the report is a convenience; never lose a finished run over it
+        log.warning("run %s is saved, but its report could not be written: %s: %s", out_dir, type(exc).__name__, exc)
 
 
 def _truncate_lines(path: Path, keep: int) -> None:
@@ -143,10 +157,11 @@ def _train_locked(cfg: Config, out_dir: Path, resume: bool, device: torch.device
     model.to(device)
     position = state[1] if state is not None else {"phase_index": 0, "phase": None, "summary": {}, "jsonl_lines": 0}
     jsonl_path = out_dir / "metrics.jsonl"
-    handler = None
+    handler = tensorboard = outputs = None
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         handler = _attach_log_file(out_dir)
+        tensorboard = TensorBoardLog(str(out_dir / "tensorboard"))
         save_config(cfg, out_dir / "config.yaml")
         atomic_write_json(out_dir / "classes.json", {"classes": splits.classes, "train_counts": splits.train_counts})
         _truncate_lines(jsonl_path, position["jsonl_lines"])
@@ -178,14 +193,15 @@ def _train_locked(cfg: Config, out_dir: Path, resume: bool, device: torch.device
             stream = build_train_stream(train_set, pcfg.sampling, pcfg.batch_size, cfg.data.samples_per_class,
                                         0 if in_memory else cfg.data.num_workers, cfg.seed, rank=dist.rank,
                                         world_size=dist.world_size, pin_memory=device.type == "cuda" and not in_memory)
-            jsonl = (lambda r: _append_jsonl(jsonl_path, r)) if dist.is_main else None
+            jsonl = (lambda r: (_append_jsonl(jsonl_path, r), tensorboard(r))) if dist.is_main else None
             records = train_phase(
                 model, method, stream, pcfg, device=device, precision=cfg.precision, dist=dist,
                 progress=cfg.progress, desc=phase_name, on_epoch_end=jsonl,
                 resume=position["phase"] if index == position["phase_index"] else None,
                 save=lambda pos, index=index: save(index, pos), checkpoint_every=cfg.checkpoint_every,
                 should_stop=stop)
-            metrics = _shot_metrics(model, splits.test, splits.train_counts, cfg, device, dist, f"eval {phase_name}")
+            metrics, outputs = _shot_metrics(model, splits.test, splits.train_counts, cfg, device, dist,
+                                             f"eval {phase_name}")
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             summary[phase_name] = {k: metrics[k] for k in ("overall", "many", "medium", "few")} | {
                 "trainable_params": trainable,
@@ -208,7 +224,10 @@ def _train_locked(cfg: Config, out_dir: Path, resume: bool, device: torch.device
                 "device": str(device), "world_size": dist.world_size, "wall_seconds": time.time() - started,
             })
             save(len(cfg.phases), None, finished=True)
+            _write_report(out_dir, outputs)
     finally:
+        if tensorboard is not None:
+            tensorboard.close()
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
@@ -251,4 +270,4 @@ def evaluate_run(run_dir: str | Path, data_overrides: list[str] | None = None, d
         raise ConfigError(f"evaluation data has {splits.num_classes} classes, the run was trained on "
                           f"{run.model.num_classes}")
     device = next(run.model.parameters()).device
-    return _shot_metrics(run.model, splits.test, run.train_counts, cfg, device, DistContext(), "eval")
+    return _shot_metrics(run.model, splits.test, run.train_counts, cfg, device, DistContext(), "eval")[0]

@@ -1,0 +1,68 @@
+"""``lpt compare``: runs side by side in the shape of the paper's ablation tables.
+
+One row per run: method, backbone, overall / many / medium / few accuracy (standard shot rule,
+from ``metrics.json``), trained parameters (all phases, from ``model.safetensors``; see
+:func:`lpt.analysis.rundir.trained_params`) and the training throughput of the last phase.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+from lpt.analysis.report import fmt
+from lpt.analysis.rundir import read_run, trained_params
+from lpt.utils import atomic_write_text
+
+COLUMNS = ("run", "method", "backbone", "overall", "many", "medium", "few", "trainable_params", "images_per_s")
+
+
+def compare_row(run_dir: str | Path) -> dict:
+    """The comparison record of one run (numbers unformatted; None where the run does not say)."""
+    run = read_run(run_dir)
+    phases = run.info.get("phases") or {}
+    last = phases[list(phases)[-1]] if phases else {}
+    backbone = (run.info.get("backbone") or {}).get("name") or run.config.get("model", {}).get("backbone")
+    return {
+        "run": str(run_dir), "method": run.method_label, "backbone": backbone,
+        **{g: run.metrics.get(g) for g in ("overall", "many", "medium", "few")},
+        "trainable_params": trained_params(run.path), "images_per_s": last.get("images_per_s"),
+    }
+
+
+def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
+    return [compare_row(d) for d in run_dirs]
+
+
+def _cells(row: dict) -> list[str]:
+    n, ips = row["trainable_params"], row["images_per_s"]
+    return [row["run"], row["method"], str(row["backbone"] or "-"),
+            *(fmt(row[g]) for g in ("overall", "many", "medium", "few")),
+            "-" if n is None else f"{n:,}", "-" if ips is None else f"{ips:.1f}"]
+
+
+def to_markdown(rows: list[dict]) -> str:
+    header = ["run", "method", "backbone", "overall", "many", "medium", "few", "trainable params", "images/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def to_csv(rows: list[dict]) -> str:
+    """CSV with full-precision numbers (empty where unknown), one row per run."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for r in rows:
+        writer.writerow(["" if r[c] is None else r[c] for c in COLUMNS])
+    return buf.getvalue()
+
+
+def write_comparison(rows: list[dict], prefix: str | Path) -> tuple[Path, Path]:
+    """Write ``PREFIX.md`` and ``PREFIX.csv``; returns their paths."""
+    md, cs = Path(f"{prefix}.md"), Path(f"{prefix}.csv")
+    atomic_write_text(md, to_markdown(rows) + "\n")
+    atomic_write_text(cs, to_csv(rows))
+    return md, cs

@@ -1,0 +1,78 @@
+"""`lpt compare`: a table of runs from hand-made run directories whose numbers are known."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from lpt.analysis.compare import compare_runs
+from lpt.analysis.rundir import trained_params
+from lpt.cli import main
+
+# Tensors of a model with D = 4, L = 3, prompt_len 2, pool 5, K = 1, C = 3:
+TENSORS = {
+    "shared_prompt": (3, 2, 4),  # 24
+    "pool.prompts": (5, 2, 2, 4),  # 80
+    "pool.keys": (5, 4),  # 20
+    "head.weight": (3, 4),  # 12
+}
+
+
+def make_run(path, method, phase, metrics, images_per_s, backbone="vit_small_patch16_224.augreg_in21k"):
+    path.mkdir()
+    (path / "config.yaml").write_text(f"method: {method}\nmodel:\n  backbone: {backbone}\n")
+    (path / "classes.json").write_text(json.dumps({"classes": ["a", "b", "c"], "train_counts": [200, 50, 5]}))
+    (path / "metrics.json").write_text(json.dumps(metrics | {"phase": phase}))
+    phases = {"phase1": {"images_per_s": 999.0}, f"phase{phase}": {"images_per_s": images_per_s}}
+    (path / "run.json").write_text(json.dumps({"method": method, "backbone": {"name": backbone}, "phases": phases,
+                                               "backbone_params": 1000}))
+    save_file({k: np.zeros(s, dtype=np.float32) for k, s in TENSORS.items()}, str(path / "model.safetensors"),
+              metadata={"lpt": json.dumps({"phase": phase})})
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    lpt = make_run(tmp_path / "lpt", "lpt", 2, {"overall": 50.066, "many": 49.274, "medium": 52.3149, "few": 46.875},
+                   images_per_s=123.456)
+    vpt = make_run(tmp_path / "vpt", "vpt", 1, {"overall": 45.0, "many": 51.125, "medium": 44.5, "few": None},
+                   images_per_s=200.0)
+    return lpt, vpt
+
+
+def test_trained_params_leave_out_an_untrained_pool(runs):
+    lpt, vpt = runs
+    assert trained_params(lpt) == 24 + 80 + 20 + 12  # phase 2: shared prompt, pool, keys, head = 136
+    assert trained_params(vpt) == 24 + 12  # phase 1: the pool never trained = 36
+
+
+def test_compare_prints_and_writes_the_table(runs, tmp_path, capsys):
+    lpt, vpt = runs
+    assert main(["compare", str(lpt), str(vpt), "--out", str(tmp_path / "table")]) == 0
+    expected = [
+        "| run | method | backbone | overall | many | medium | few | trainable params | images/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {lpt} | LPT phase 2 | vit_small_patch16_224.augreg_in21k | 50.07 | 49.27 | 52.31 | 46.88 | 136 | 123.5 |",
+        f"| {vpt} | VPT | vit_small_patch16_224.augreg_in21k | 45.00 | 51.12 | 44.50 | - | 36 | 200.0 |",
+    ]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:4] == expected
+    assert (tmp_path / "table.md").read_text().splitlines() == expected
+    rows = list(csv.DictReader((tmp_path / "table.csv").open()))
+    assert [r["method"] for r in rows] == ["LPT phase 2", "VPT"]
+    assert float(rows[0]["medium"]) == 52.3149 and rows[1]["few"] == ""  # full precision; empty when unknown
+    assert int(rows[0]["trainable_params"]) == 136 and float(rows[0]["images_per_s"]) == 123.456
+
+
+def test_compare_rows_keep_the_order_given(runs):
+    lpt, vpt = runs
+    assert [r["method"] for r in compare_runs([vpt, lpt, vpt])] == ["VPT", "LPT phase 2", "VPT"]
+
+
+def test_compare_refuses_a_directory_that_is_not_a_finished_run(runs, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", str(runs[0]), str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no config.yaml" in err
