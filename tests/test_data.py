@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import json
 import math
+import shutil
 import struct
 from collections import Counter
 from pathlib import Path
@@ -539,3 +541,277 @@ def test_stream_with_worker_matches_main_process():
 def test_stream_rejects_unknown_sampling():
     with pytest.raises(ConfigError, match=r"'both'; expected one of dual, instance, balanced"):
         build_train_stream(id_dataset(4), "both", 2, 1, 0, seed=0)
+
+
+# ----------------------------------------------------------------------------- CIFAR-100-LT at the published ratios
+
+
+def cifar_like_targets() -> list[int]:
+    """50,000 labels, 500 per class, in a seeded random order (CIFAR-100's training set has no class order)."""
+    return np.random.default_rng(2019).permutation(np.arange(50_000) % 100).tolist()
+
+
+@pytest.mark.parametrize("ratio, total, last", [(10, 19_573, 50), (50, 12_608, 10), (100, 10_847, 5), (200, 9_502, 2)])
+def test_cifar100_lt_profile_counts_and_ldam_selection(ratio, total, last):
+    from lpt.data.build import longtail_keep
+
+    targets = cifar_like_targets()
+    cfg = DataConfig(source="cifar100", imbalance_ratio=ratio, max_per_class=500)
+    kept = longtail_keep(targets, [str(c) for c in range(100)], cfg)
+    expected = [int(500 * ratio ** (-i / 99)) for i in range(100)]
+    assert class_counts([targets[i] for i in kept], 100) == expected
+    assert len(kept) == total and expected[0] == 500 and expected[-1] == last
+    assert kept == ldam_indices(targets, expected, 0)  # LDAM-DRW's images, not only its counts
+
+
+def test_cifar100_lt_preset_builds_ldam_training_labels(monkeypatch):
+    import lpt.data.sources as sources
+    from lpt.config import load_config
+    from lpt.data import build_train_labels
+
+    targets = cifar_like_targets()
+    monkeypatch.setattr(sources, "cifar100_train_labels",
+                        lambda root, download: (targets, [f"c{i}" for i in range(100)]))
+    labels, classes = build_train_labels(load_config("cifar100_lt").data)
+    expected = [int(500 * 100 ** (-i / 99)) for i in range(100)]
+    assert len(labels) == 10_847 and classes[99] == "c99"
+    assert class_counts(labels, 100) == expected
+    assert labels == [targets[i] for i in ldam_indices(targets, expected, 0)]
+
+
+# ----------------------------------------------------------------------------- iNaturalist JSON
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj), encoding="utf-8")
+    return path
+
+
+def inat_files(tmp_path: Path, category_ids=(0, 1, 2)) -> tuple[Path, Path]:
+    """A train and a val JSON in iNaturalist 2018's layout; images under tmp_path/img/train_val2018/."""
+    cats = [{"id": cid, "name": f"species {cid}", "supercategory": "Plantae"} for cid in category_ids]
+    train_cat = [category_ids[2], category_ids[0], category_ids[1], category_ids[0]]
+    images, anns = [], []
+    for i, cid in enumerate(train_cat):
+        name = f"train_val2018/Plantae/{cid}/img{i}.jpg"
+        png(tmp_path / "img" / name, (40 * i, 0, 0))
+        images.append({"id": 100 + i, "file_name": name, "width": 12, "height": 9})
+        anns.append({"id": i, "image_id": 100 + i, "category_id": cid})
+    train = write_json(tmp_path / "train2018.json", {
+        "info": {}, "images": images, "annotations": anns[::-1], "categories": cats, "licenses": []})
+    val_name = f"train_val2018/Plantae/{category_ids[1]}/val0.jpg"
+    png(tmp_path / "img" / val_name)
+    val = write_json(tmp_path / "val2018.json", {
+        "images": [{"id": 7, "file_name": val_name}],
+        "annotations": [{"id": 0, "image_id": 7, "category_id": category_ids[1]}], "categories": cats})
+    return train, val
+
+
+def inat_cfg(tmp_path: Path, train: Path, val: Path) -> DataConfig:
+    return small_cfg(source="inat_json", root=str(tmp_path / "img"), train_list=str(train), test_list=str(val))
+
+
+def test_inat_json_source_labels_are_category_ids(tmp_path):
+    train, val = inat_files(tmp_path)
+    splits = build_datasets(inat_cfg(tmp_path, train, val))
+    assert splits.classes == ["species 0", "species 1", "species 2"]
+    assert splits.train.targets == [2, 0, 1, 0]  # order of 'images', whatever the order of 'annotations'
+    assert splits.train_counts == [2, 1, 1]
+    assert splits.train.paths[0] == str(tmp_path / "img" / "train_val2018/Plantae/2/img0.jpg")
+    torch.testing.assert_close(splits.train[1][0][:, 4, 4], torch.tensor([40 / 255, 0.0, 0.0]))
+    assert splits.test.targets == [1] and splits.test[0][0].shape == (3, 8, 8)
+
+
+def test_inat_json_category_ids_not_contiguous_are_ranked(tmp_path):
+    train, val = inat_files(tmp_path, category_ids=(30, 7, 12))
+    splits = build_datasets(inat_cfg(tmp_path, train, val))
+    assert splits.classes == ["species 7", "species 12", "species 30"]
+    assert splits.train.targets == [1, 2, 0, 2] and splits.test.targets == [0]
+
+
+def test_read_inat_json_without_images(tmp_path):
+    from lpt.data import read_inat_json
+
+    train, _ = inat_files(tmp_path)
+    paths, labels, names = read_inat_json(train, check_files=False)
+    assert paths[0] == "train_val2018/Plantae/2/img0.jpg" and labels == [2, 0, 1, 0] and names[2] == "species 2"
+
+
+def edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    write_json(path, data)
+
+
+INAT_ERRORS = [  # (file edited, edit, message)
+    ("train", lambda d: d.pop("images"), r"train2018.json: no 'images' list"),
+    ("train", lambda d: d["images"][1].pop("file_name"), r"train2018.json: images\[1\] has no 'file_name' field"),
+    ("train", lambda d: d["images"][2].update(id="7"),
+     r"train2018.json: images\[2\] field 'id' is '7'; expected an integer"),
+    ("train", lambda d: d["images"][3].update(id=100),
+     r"train2018.json: images\[3\] repeats image id 100 \(first in images\[0\]\)"),
+    ("train", lambda d: d["annotations"][0].pop("category_id"),
+     r"train2018.json: annotations\[0\] has no 'category_id' field"),
+    ("train", lambda d: d["annotations"][1].update(image_id=55),
+     r"train2018.json: annotations\[1\] field 'image_id' is 55; no entry of 'images'"),
+    ("train", lambda d: d["categories"][1].pop("name"), r"train2018.json: categories\[1\] has no 'name' field"),
+    ("train", lambda d: d["categories"].append({"id": 2, "name": "again"}),
+     r"train2018.json: categories\[3\] repeats id 2"),
+    ("val", lambda d: d["annotations"][0].update(category_id=9),
+     r"val2018.json: annotations\[0\] field 'category_id' is 9; not among the 3 categories of .*train2018.json"),
+    ("val", lambda d: d.update(annotations=[]),
+     r"val2018.json: images\[0\] \(id 7\) has no entry in 'annotations'.*test2018.json"),
+    ("val", lambda d: d["annotations"].append({"image_id": 7, "category_id": 0}),
+     r"val2018.json: annotations\[1\] labels image id 7 a second time"),
+]
+
+
+@pytest.mark.parametrize("which, edit, message", INAT_ERRORS)
+def test_inat_json_errors_name_file_entry_and_field(tmp_path, which, edit, message):
+    train, val = inat_files(tmp_path)
+    edit_json(train if which == "train" else val, edit)
+    with pytest.raises(ConfigError, match=message):
+        build_datasets(inat_cfg(tmp_path, train, val))
+
+
+def test_inat_json_file_problems(tmp_path):
+    train, val = inat_files(tmp_path)
+    train.write_text('{"images": [\n  {"id": 1,}\n]}')
+    with pytest.raises(ConfigError, match=r"train2018.json:2: not valid JSON"):
+        build_datasets(inat_cfg(tmp_path, train, val))
+    with pytest.raises(ConfigError, match=r"annotation file .*nope.json \(data.train_list\) does not exist"):
+        build_datasets(inat_cfg(tmp_path, tmp_path / "nope.json", val))
+    train, val = inat_files(tmp_path)
+    (tmp_path / "img" / "train_val2018/Plantae/1/img2.jpg").unlink()
+    with pytest.raises(ConfigError, match=r"train2018.json: images\[2\] file .*img2.jpg not found"):
+        build_datasets(inat_cfg(tmp_path, train, val))
+    with pytest.raises(ConfigError, match=r"config key 'data.test_list' is empty; data.source=inat_json needs it"):
+        build_datasets(small_cfg(source="inat_json", root=str(tmp_path / "img"), train_list=str(train)))
+
+
+def test_inat_json_test_split_alone(tmp_path):
+    from lpt.data import build_test_dataset
+
+    train, val = inat_files(tmp_path, category_ids=(30, 7, 12))
+    shutil.rmtree(tmp_path / "img" / "train_val2018/Plantae/30")  # training images are not needed
+    test = build_test_dataset(inat_cfg(tmp_path, train, val))
+    assert test.targets == [0] and test.classes == ["species 7", "species 12", "species 30"]
+
+
+# ----------------------------------------------------------------------------- list: evaluation split alone
+
+
+def test_list_test_split_alone_uses_training_classes(tmp_path):
+    from lpt.data import build_test_dataset
+
+    png(tmp_path / "img" / "t.png")
+    cfg = make_list_dataset(tmp_path, ["absent.png 0", "absent.png 4"], ["t.png 3"])
+    test = build_test_dataset(cfg)
+    assert test.targets == [3] and test.classes == ["0", "1", "2", "3", "4"]
+    (tmp_path / "test.txt").write_text("t.png 5\n")
+    with pytest.raises(ConfigError, match=r"test.txt:1: label 5 is outside \[0, 5\)"):
+        build_test_dataset(cfg)
+
+
+def test_train_labels_of_a_list_config_need_no_images(tmp_path):
+    from lpt.data import build_train_labels
+
+    (tmp_path / "train.txt").write_text("".join(f"x/{i}.jpg {i % 10}\n" for i in range(300)))
+    cfg = small_cfg(source="list", train_list=str(tmp_path / "train.txt"), imbalance_ratio=10, max_per_class=30)
+    labels, classes = build_train_labels(cfg)
+    assert class_counts(labels, 10) == [30, 23, 17, 13, 10, 8, 6, 5, 3, 3]  # int(30 * 10 ** (-i / 9))
+    assert classes == [str(c) for c in range(10)]
+
+
+# ----------------------------------------------------------------------------- class index (ImageNet-Sketch)
+
+
+def test_class_index_with_explicit_labels(tmp_path):
+    from lpt.data import read_class_index
+
+    (tmp_path / "index.txt").write_text("n02 1\n\nn01 0\n")
+    assert read_class_index(tmp_path / "index.txt") == ({"n02": 1, "n01": 0}, ["n01", "n02"])
+
+
+def test_class_index_with_readable_names_uses_line_order(tmp_path):
+    from lpt.data import read_class_index
+
+    (tmp_path / "classnames.txt").write_text("n01440764 tench\nn01443537 goldfish\n\nn01484850 great white shark\n")
+    label_of, names = read_class_index(tmp_path / "classnames.txt")
+    assert label_of == {"n01440764": 0, "n01443537": 1, "n01484850": 2}
+    assert names == ["n01440764", "n01443537", "n01484850"]
+    (tmp_path / "mixed.txt").write_text("a 1\nb x\n")  # not every line is 'folder integer': line order
+    assert read_class_index(tmp_path / "mixed.txt")[0] == {"a": 0, "b": 1}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a 0\nb 1\na 2\n", r"index.txt:3: class folder 'a' is listed again \(first on line 1\)"),
+    ("a 0\n\nb 0\n", r"index.txt:3: label 0 is given again \(first to 'a' on line 1\)"),
+    ("a 0\nb 2\n", r"index.txt: no class folder has label 1; the 2 labels must be 0..1"),
+    ("a -1\n", r"index.txt:1: label -1 is negative"),
+    ("\n \n", r"index.txt: empty class index"),
+])
+def test_class_index_errors_name_file_and_line(tmp_path, text, message):
+    from lpt.data import read_class_index
+
+    (tmp_path / "index.txt").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        read_class_index(tmp_path / "index.txt")
+
+
+def sketch_folder(tmp_path: Path) -> DataConfig:
+    """ImageNet-Sketch's layout: root/sketch/<wnid>/*.JPEG, for 2 of the 3 classes of the index."""
+    png(tmp_path / "sk" / "sketch" / "n01484850" / "sketch_0.JPEG", (0, 0, 200))
+    png(tmp_path / "sk" / "sketch" / "n01440764" / "sketch_0.JPEG")
+    png(tmp_path / "sk" / "sketch" / "n01440764" / "sketch_1.jpeg")
+    (tmp_path / "classnames.txt").write_text("n01440764 tench\nn01443537 goldfish\nn01484850 great white shark\n")
+    return small_cfg(source="folder", root=str(tmp_path / "sk"), test_dir="sketch",
+                     class_index=str(tmp_path / "classnames.txt"))
+
+
+def test_image_folder_test_split_through_class_index(tmp_path):
+    from lpt.data import build_test_dataset
+
+    test = build_test_dataset(sketch_folder(tmp_path))  # no training folder at all
+    assert test.classes == ["n01440764", "n01443537", "n01484850"]
+    assert test.targets == [0, 0, 2]
+    torch.testing.assert_close(test[2][0][:, 4, 4], torch.tensor([0.0, 0.0, 200 / 255]), atol=0.02, rtol=0)  # JPEG
+
+
+def test_image_folder_class_index_errors(tmp_path):
+    from lpt.data import build_test_dataset
+
+    cfg = sketch_folder(tmp_path)
+    with pytest.raises(ConfigError, match=rf"{tmp_path / 'sk' / 'train'} \(data.root/data.train_dir\) is not a folder"):
+        build_datasets(cfg)  # training needs the training folder
+    png(tmp_path / "sk" / "sketch" / "n99999999" / "x.png")
+    with pytest.raises(ConfigError, match=r"sketch: class folder 'n99999999' is not among the 3 classes of the "
+                                          r"class index .*classnames.txt"):
+        build_test_dataset(cfg)
+    cfg.class_index = ""
+    with pytest.raises(ConfigError, match=r"sk/train \(data.root/data.train_dir\) is not a folder; without "
+                                          r"data.class_index its subfolders name the classes"):
+        build_test_dataset(cfg)
+
+
+def test_image_folder_training_classes_through_class_index(tmp_path):
+    for cls in ("ant", "zebra"):
+        png(tmp_path / "train" / cls / "1.png")
+    png(tmp_path / "train" / "zebra" / "2.png")
+    png(tmp_path / "val" / "ant" / "1.png")
+    (tmp_path / "index.txt").write_text("zebra 0\nant 1\n")
+    splits = build_datasets(small_cfg(source="folder", root=str(tmp_path), class_index=str(tmp_path / "index.txt")))
+    assert splits.classes == ["zebra", "ant"] and splits.train_counts == [2, 1]
+    assert splits.test.targets == [1]
+
+
+def test_imagenet_lt_classnames_index_matches_the_split_labels():
+    names_file = SPLITS / "imagenet_lt" / "classnames.txt"
+    if not names_file.is_file():
+        pytest.skip(f"{names_file} not present (the shared split lists sit beside the repository)")
+    from lpt.data import read_class_index
+
+    label_of, names = read_class_index(names_file)
+    assert len(names) == 1000 and label_of["n01440764"] == 0 and names[999] == "n15075141"
+    paths, labels = read_list_file(SPLITS / "imagenet_lt" / "ImageNet_LT_val.txt", check_files=False)
+    assert [label_of[p.split("/")[1]] for p in paths] == labels  # a wnid folder gets its ImageNet-LT label

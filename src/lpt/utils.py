@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,22 @@ import torch
 log = logging.getLogger("lpt")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (a handler bound at first use breaks once that
+    stream is replaced or closed, as in embedding applications and test runners)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s lpt %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
     log.setLevel(level)

@@ -6,9 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lpt.config import ConfigError, DataConfig
+from lpt.data import sources as src
 from lpt.data.datasets import ImageDataset, Transform
 from lpt.data.longtail import class_counts, longtail_counts, longtail_indices
-from lpt.data.sources import Splits, load_cifar100, load_fashion_mnist, load_folder, load_list
+from lpt.data.sources import Splits
 from lpt.data.transforms import build_transform
 
 
@@ -33,13 +34,49 @@ class DataSplits:
         return len(self.classes)
 
 
-Source = Callable[[DataConfig, Transform, Transform], Splits]
+@dataclass(frozen=True)
+class Source:
+    """One ``data.source``: three ways of reading it.
+
+    Attributes:
+        splits: ``(cfg, train_transform, test_transform) -> (train, test)``, for training.
+        test: ``(cfg, test_transform) -> test``: the evaluation split alone, labelled as ``splits``
+            labels it, without needing the training images (evaluating a finished run).
+        train_labels: ``cfg -> (labels, class names)`` of the training split before the long-tail
+            profile, read without opening an image (``lpt data-stats``).
+    """
+
+    splits: Callable[[DataConfig, Transform, Transform], Splits]
+    test: Callable[[DataConfig, Transform], ImageDataset]
+    train_labels: Callable[[DataConfig], tuple[list[int], list[str]]]
+
 
 SOURCES: dict[str, Source] = {
-    "fashion_mnist": lambda cfg, tr, te: load_fashion_mnist(cfg.root, cfg.download, tr, te),
-    "cifar100": lambda cfg, tr, te: load_cifar100(cfg.root, cfg.download, tr, te),
-    "list": lambda cfg, tr, te: load_list(cfg.root, cfg.train_list, cfg.test_list, tr, te),
-    "folder": lambda cfg, tr, te: load_folder(cfg.root, cfg.train_dir, cfg.test_dir, tr, te),
+    "fashion_mnist": Source(
+        splits=lambda c, tr, te: src.load_fashion_mnist(c.root, c.download, tr, te),
+        test=lambda c, te: src.load_fashion_mnist_test(c.root, c.download, te),
+        train_labels=lambda c: src.fashion_mnist_train_labels(c.root, c.download),
+    ),
+    "cifar100": Source(
+        splits=lambda c, tr, te: src.load_cifar100(c.root, c.download, tr, te),
+        test=lambda c, te: src.load_cifar100_test(c.root, c.download, te),
+        train_labels=lambda c: src.cifar100_train_labels(c.root, c.download),
+    ),
+    "list": Source(
+        splits=lambda c, tr, te: src.load_list(c.root, c.train_list, c.test_list, tr, te),
+        test=lambda c, te: src.load_list_test(c.root, c.train_list, c.test_list, te),
+        train_labels=lambda c: src.list_train_labels(c.train_list),
+    ),
+    "folder": Source(
+        splits=lambda c, tr, te: src.load_folder(c.root, c.train_dir, c.test_dir, tr, te, c.class_index),
+        test=lambda c, te: src.load_folder_test(c.root, c.train_dir, c.test_dir, te, c.class_index),
+        train_labels=lambda c: src.folder_train_labels(c.root, c.train_dir, c.class_index),
+    ),
+    "inat_json": Source(
+        splits=lambda c, tr, te: src.load_inat_json(c.root, c.train_list, c.test_list, tr, te),
+        test=lambda c, te: src.load_inat_json_test(c.root, c.train_list, c.test_list, te),
+        train_labels=lambda c: src.inat_train_labels(c.train_list),
+    ),
 }
 
 
@@ -50,24 +87,30 @@ def get_source(name: str) -> Source:
     return SOURCES[name]
 
 
-def apply_longtail(train: ImageDataset, cfg: DataConfig) -> ImageDataset:
-    """Subsample ``train`` to the profile n_i = n_max * ratio^(-i/(C-1)) of ``cfg``.
+def longtail_keep(targets: list[int], classes: list[str], cfg: DataConfig) -> list[int] | None:
+    """Indices of ``targets`` kept by the profile n_i = n_max * ratio^(-i/(C-1)) of ``cfg``; None: keep all.
 
     Applied when ``imbalance_ratio > 1`` or ``max_per_class > 0`` (the latter alone caps every
     class at max_per_class); n_max = max_per_class, or the largest class when it is 0.
     """
     if cfg.imbalance_ratio <= 1 and cfg.max_per_class <= 0:
-        return train
-    counts = class_counts(train.targets, len(train.classes))
+        return None
+    counts = class_counts(targets, len(classes))
     n_max = cfg.max_per_class or max(counts)
-    wanted = longtail_counts(len(train.classes), n_max, max(cfg.imbalance_ratio, 1.0))
+    wanted = longtail_counts(len(classes), n_max, max(cfg.imbalance_ratio, 1.0))
     short = next((c for c, (have, want) in enumerate(zip(counts, wanted)) if have < want), None)
     if short is not None:
         raise ConfigError(
-            f"class {short} ({train.classes[short]!r}) has {counts[short]} training images; the long-tail profile "
+            f"class {short} ({classes[short]!r}) has {counts[short]} training images; the long-tail profile "
             f"(data.imbalance_ratio={cfg.imbalance_ratio}, n_max={n_max}) asks for {wanted[short]}"
         )
-    return train.subset(longtail_indices(train.targets, wanted, cfg.subsample_seed))
+    return longtail_indices(targets, wanted, cfg.subsample_seed)
+
+
+def apply_longtail(train: ImageDataset, cfg: DataConfig) -> ImageDataset:
+    """Subsample ``train`` to the long-tail profile of ``cfg`` (see :func:`longtail_keep`)."""
+    keep = longtail_keep(train.targets, train.classes, cfg)
+    return train if keep is None else train.subset(keep)
 
 
 def _check_nonempty(counts: list[int], classes: list[str]) -> None:
@@ -87,8 +130,26 @@ def build_datasets(cfg: DataConfig) -> DataSplits:
         DataSplits whose every class has at least one training image.
     """
     source = get_source(cfg.source)
-    train, test = source(cfg, build_transform(cfg, train=True), build_transform(cfg, train=False))
+    train, test = source.splits(cfg, build_transform(cfg, train=True), build_transform(cfg, train=False))
     train = apply_longtail(train, cfg)
     counts = class_counts(train.targets, len(train.classes))
     _check_nonempty(counts, train.classes)
     return DataSplits(train=train, test=test, classes=train.classes, train_counts=counts)
+
+
+def build_test_dataset(cfg: DataConfig) -> ImageDataset:
+    """The evaluation split of ``cfg`` alone, with evaluation transforms; no training image is needed.
+
+    Labels and class names (``dataset.classes``) are those :func:`build_datasets` gives; where
+    the training data is absent, each source says how it labels (``data.class_index`` for a
+    folder, the evaluation file itself for a list or iNaturalist JSON).
+    """
+    return get_source(cfg.source).test(cfg, build_transform(cfg, train=False))
+
+
+def build_train_labels(cfg: DataConfig) -> tuple[list[int], list[str]]:
+    """Labels of the training split after the long-tail profile, and the class names, without opening
+    an image (list and JSON files are read, folders listed, in-memory arrays loaded)."""
+    labels, classes = get_source(cfg.source).train_labels(cfg)
+    keep = longtail_keep(labels, classes, cfg)
+    return (labels if keep is None else [labels[i] for i in keep]), classes

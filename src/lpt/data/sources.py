@@ -1,13 +1,17 @@
-"""Readers of the image sources: Fashion-MNIST (IDX), CIFAR-100, split list files, ImageFolder.
+"""Readers of the image sources: Fashion-MNIST (IDX), CIFAR-100, split list files, iNaturalist
+JSON annotations, ImageFolder (optionally through a class index file).
 
 Each ``load_*`` function returns the training and the evaluation dataset of one source, as
-:class:`~lpt.data.datasets.ImageDataset` objects sharing one list of class names. Problems a
-user can fix (missing files, malformed lines, unknown labels) raise a one-line ConfigError that
-names the file, and the line where there is one.
+:class:`~lpt.data.datasets.ImageDataset` objects sharing one list of class names; each
+``load_*_test`` returns the evaluation dataset alone (evaluating a finished run needs no
+training images), and each ``*_train_labels`` the training labels and class names without
+opening an image. Problems a user can fix (missing files, malformed lines, unknown labels) raise
+a one-line ConfigError that names the file, and the line or the JSON entry where there is one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -80,20 +84,30 @@ def fashion_mnist_arrays(root: str = "", train: bool = True, download: bool = Fa
     return images, labels.astype(np.int64)
 
 
+def _fashion_mnist(root: str, download: bool, train: bool, transform: Transform | None) -> ArrayImageDataset:
+    images, labels = fashion_mnist_arrays(root, train, download)
+    return ArrayImageDataset(images, labels.tolist(), FASHION_MNIST_CLASSES, transform)
+
+
 def load_fashion_mnist(root: str, download: bool, train_transform: Transform, test_transform: Transform) -> Splits:
     """Fashion-MNIST (60,000 training and 10,000 test images, 10 classes), kept in memory."""
-    splits = []
-    for train, transform in ((True, train_transform), (False, test_transform)):
-        images, labels = fashion_mnist_arrays(root, train, download)
-        splits.append(ArrayImageDataset(images, labels.tolist(), FASHION_MNIST_CLASSES, transform))
-    return splits[0], splits[1]
+    return _fashion_mnist(root, download, True, train_transform), _fashion_mnist(root, download, False, test_transform)
+
+
+def load_fashion_mnist_test(root: str, download: bool, test_transform: Transform) -> ImageDataset:
+    """The Fashion-MNIST test split alone."""
+    return _fashion_mnist(root, download, False, test_transform)
+
+
+def fashion_mnist_train_labels(root: str, download: bool) -> tuple[list[int], list[str]]:
+    """Training labels and class names of Fashion-MNIST."""
+    return fashion_mnist_arrays(root, True, download)[1].tolist(), list(FASHION_MNIST_CLASSES)
 
 
 # ----------------------------------------------------------------------------- CIFAR-100
 
 
-def load_cifar100(root: str, download: bool, train_transform: Transform, test_transform: Transform) -> Splits:
-    """CIFAR-100 through torchvision (``root/cifar-100-python``; empty root: ~/.cache/lpt/cifar100)."""
+def _cifar100(root: str, download: bool, train: bool, transform: Transform | None) -> ArrayImageDataset:
     from torchvision.datasets import CIFAR100
 
     base = Path(root).expanduser() if root else CACHE_ROOT / "cifar100"
@@ -101,14 +115,27 @@ def load_cifar100(root: str, download: bool, train_transform: Transform, test_tr
         raise ConfigError(
             f"CIFAR-100 not found: {base} has no cifar-100-python folder; set data.root or data.download=true"
         )
-    splits = []
-    for train, transform in ((True, train_transform), (False, test_transform)):
-        try:
-            ds = CIFAR100(str(base), train=train, download=download)
-        except (OSError, RuntimeError) as exc:
-            raise ConfigError(f"CIFAR-100 in {base / 'cifar-100-python'} cannot be read: {exc}") from None
-        splits.append(ArrayImageDataset(ds.data, ds.targets, ds.classes, transform))
-    return splits[0], splits[1]
+    try:
+        ds = CIFAR100(str(base), train=train, download=download)
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"CIFAR-100 in {base / 'cifar-100-python'} cannot be read: {exc}") from None
+    return ArrayImageDataset(ds.data, ds.targets, ds.classes, transform)
+
+
+def load_cifar100(root: str, download: bool, train_transform: Transform, test_transform: Transform) -> Splits:
+    """CIFAR-100 through torchvision (``root/cifar-100-python``; empty root: ~/.cache/lpt/cifar100)."""
+    return _cifar100(root, download, True, train_transform), _cifar100(root, download, False, test_transform)
+
+
+def load_cifar100_test(root: str, download: bool, test_transform: Transform) -> ImageDataset:
+    """The CIFAR-100 test split alone (10,000 images, 100 per class)."""
+    return _cifar100(root, download, False, test_transform)
+
+
+def cifar100_train_labels(root: str, download: bool) -> tuple[list[int], list[str]]:
+    """Training labels (50,000, in file order) and class names of CIFAR-100."""
+    ds = _cifar100(root, download, True, None)
+    return ds.targets, ds.classes
 
 
 # ----------------------------------------------------------------------------- split list files
@@ -205,6 +232,18 @@ def _check_test_labels(test_list: str, labels: list[int], linenos: list[int], nu
                           f"the {num_classes} classes of the training list")
 
 
+def _require(source: str, **keys: str) -> None:
+    """Raise ConfigError naming the first empty ``data.*`` key that ``source`` needs."""
+    for key, value in keys.items():
+        if not value:
+            raise ConfigError(f"config key 'data.{key}' is empty; data.source={source} needs it")
+
+
+def _check_root(root: str) -> None:
+    if not Path(root).is_dir():
+        raise ConfigError(f"image root {root} (data.root) is not a folder")
+
+
 def load_list(root: str, train_list: str, test_list: str, train_transform: Transform,
               test_transform: Transform) -> Splits:
     """Images named by a training and an evaluation list file, under one image root.
@@ -212,11 +251,8 @@ def load_list(root: str, train_list: str, test_list: str, train_transform: Trans
     The number of classes C is the largest training label plus one; every evaluation label
     must be below C.
     """
-    for key, value in (("data.root", root), ("data.train_list", train_list), ("data.test_list", test_list)):
-        if not value:
-            raise ConfigError(f"config key '{key}' is empty; data.source=list needs it")
-    if not Path(root).is_dir():
-        raise ConfigError(f"image root {root} (data.root) is not a folder")
+    _require("list", root=root, train_list=train_list, test_list=test_list)
+    _check_root(root)
     train_paths, train_labels, _ = _read_list(Path(train_list), root, check_files=True)
     test_paths, test_labels, test_linenos = _read_list(Path(test_list), root, check_files=True)
     num_classes = max(train_labels) + 1
@@ -224,6 +260,221 @@ def load_list(root: str, train_list: str, test_list: str, train_transform: Trans
     classes = read_class_names(train_list, num_classes)
     return (FileImageDataset(train_paths, train_labels, classes, train_transform),
             FileImageDataset(test_paths, test_labels, classes, test_transform))
+
+
+def load_list_test(root: str, train_list: str, test_list: str, test_transform: Transform) -> ImageDataset:
+    """The evaluation list alone, its images checked; the training images are never looked at.
+
+    C is the largest label of the training list plus one when that file exists (its labels are
+    read, as :func:`load_list` does), else the largest evaluation label plus one.
+    """
+    _require("list", root=root, test_list=test_list)
+    _check_root(root)
+    test_paths, test_labels, test_linenos = _read_list(Path(test_list), root, check_files=True)
+    if train_list and Path(train_list).is_file():
+        num_classes = max(_read_list(Path(train_list), None, check_files=False)[1]) + 1
+        _check_test_labels(test_list, test_labels, test_linenos, num_classes)
+        classes = read_class_names(train_list, num_classes)
+    else:
+        classes = read_class_names(test_list, max(test_labels) + 1)
+    return FileImageDataset(test_paths, test_labels, classes, test_transform)
+
+
+def list_train_labels(train_list: str) -> tuple[list[int], list[str]]:
+    """Labels of a training list and its class names (C = largest label + 1), without the images."""
+    _require("list", train_list=train_list)
+    labels = _read_list(Path(train_list), None, check_files=False)[1]
+    return labels, read_class_names(train_list, max(labels) + 1)
+
+
+# ----------------------------------------------------------------------------- iNaturalist JSON annotations
+
+
+def _load_json(path: Path, key: str) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"annotation file {path} ({key}) does not exist")
+    try:
+        data = json.loads(path.read_bytes())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories', "
+                          f"got {type(data).__name__}")
+    return data
+
+
+def _entries(data: dict, path: Path, key: str) -> list[dict]:
+    """The list ``data[key]``, every entry an object, or ConfigError naming the file and the entry."""
+    if key not in data:
+        raise ConfigError(f"{path}: no '{key}' list; expected COCO-style 'images', 'annotations' and 'categories'")
+    entries = data[key]
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: '{key}' is {type(entries).__name__}; expected a list")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: {key}[{i}] is {type(entry).__name__}; expected an object")
+    return entries
+
+
+def _field(entry: dict, path: Path, where: str, name: str, kind: type) -> int | str:
+    """``entry[name]``: an integer, or a non-empty string; ConfigError naming file, entry and field."""
+    if name not in entry:
+        raise ConfigError(f"{path}: {where} has no '{name}' field")
+    value = entry[name]
+    if kind is str and not (isinstance(value, str) and value):
+        raise ConfigError(f"{path}: {where} field '{name}' is {value!r}; expected a non-empty string")
+    if kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise ConfigError(f"{path}: {where} field '{name}' is {value!r}; expected an integer")
+    return value
+
+
+def inat_categories(data: dict, path: Path) -> tuple[dict[int, int], list[str]]:
+    """Labels and class names of the ``categories`` of an iNaturalist annotation file.
+
+    The label of a category is the rank of its ``id`` among all ids, so ids 0..C-1 (iNaturalist
+    2017 to 2021) are their own labels, matching the OLTR list files; the class name is ``name``.
+
+    Returns:
+        category id -> label, and the class names indexed by label.
+    """
+    categories = _entries(data, path, "categories")
+    if not categories:
+        raise ConfigError(f"{path}: 'categories' is empty")
+    found: dict[int, tuple[int, str]] = {}
+    for i, entry in enumerate(categories):
+        cid = _field(entry, path, f"categories[{i}]", "id", int)
+        name = _field(entry, path, f"categories[{i}]", "name", str)
+        if cid in found:
+            raise ConfigError(f"{path}: categories[{i}] repeats id {cid} (first in categories[{found[cid][0]}])")
+        found[cid] = (i, name)
+    ids = sorted(found)
+    return {cid: label for label, cid in enumerate(ids)}, [found[cid][1] for cid in ids]
+
+
+def inat_samples(data: dict, path: Path, labels_of: dict[int, int],
+                 categories_file: Path | None = None) -> tuple[list[str], list[int]]:
+    """``file_name`` and label of every entry of ``images``, in that order.
+
+    Every image needs exactly one entry of ``annotations`` (``image_id``, ``category_id``); the
+    category is turned into a label by ``labels_of`` (from :func:`inat_categories` of this file,
+    or of ``categories_file``, the training file, for an evaluation split).
+    """
+    images = _entries(data, path, "images")
+    annotations = _entries(data, path, "annotations")
+    if not images:
+        raise ConfigError(f"{path}: 'images' is empty")
+    position: dict[int, int] = {}
+    files = []
+    for i, entry in enumerate(images):
+        image_id = _field(entry, path, f"images[{i}]", "id", int)
+        files.append(_field(entry, path, f"images[{i}]", "file_name", str))
+        if image_id in position:
+            first = position[image_id]
+            raise ConfigError(f"{path}: images[{i}] repeats image id {image_id} (first in images[{first}])")
+        position[image_id] = i
+    labels = [-1] * len(images)
+    of = f" of {categories_file}" if categories_file is not None else ""
+    for j, entry in enumerate(annotations):
+        where = f"annotations[{j}]"
+        image_id = _field(entry, path, where, "image_id", int)
+        category_id = _field(entry, path, where, "category_id", int)
+        if image_id not in position:
+            raise ConfigError(f"{path}: {where} field 'image_id' is {image_id}; no entry of 'images' has that id")
+        if category_id not in labels_of:
+            raise ConfigError(f"{path}: {where} field 'category_id' is {category_id}; not among the "
+                              f"{len(labels_of)} categories{of}")
+        i = position[image_id]
+        if labels[i] >= 0:
+            raise ConfigError(f"{path}: {where} labels image id {image_id} a second time; expected one "
+                              "annotation per image")
+        labels[i] = labels_of[category_id]
+    unlabelled = [i for i, y in enumerate(labels) if y < 0]
+    if unlabelled:
+        i = unlabelled[0]
+        more = f" ({len(unlabelled) - 1} more images have none)" if len(unlabelled) > 1 else ""
+        raise ConfigError(f"{path}: images[{i}] (id {images[i]['id']}) has no entry in 'annotations'{more}; "
+                          "every image needs a label (iNaturalist's test2018.json has none: use val2018.json)")
+    return files, labels
+
+
+def _join_and_check(path: Path, files: list[str], root: str | Path | None, check_files: bool) -> list[str]:
+    paths = [os.path.join(root, f) for f in files] if root is not None else list(files)
+    if check_files:
+        missing = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
+        if missing:
+            more = f" ({len(missing) - 1} more missing)" if len(missing) > 1 else ""
+            raise ConfigError(f"{path}: images[{missing[0]}] file {paths[missing[0]]} not found{more}")
+    return paths
+
+
+def read_inat_json(path: str | Path, root: str | Path | None = None,
+                   check_files: bool = True) -> tuple[list[str], list[int], list[str]]:
+    """Read an iNaturalist annotation file (``train2018.json``, ``val2018.json``; COCO-style).
+
+    Args:
+        path: the JSON file: ``images`` (``id``, ``file_name``), ``annotations`` (``image_id``,
+            ``category_id``), ``categories`` (``id``, ``name``).
+        root: folder the ``file_name`` paths are relative to; None keeps them as written.
+        check_files: raise on the first image that is not a file.
+
+    Returns:
+        image paths and labels in the order of ``images``, and the class names (see
+        :func:`inat_categories` for the label of a category).
+    """
+    path = Path(path)
+    data = _load_json(path, "annotation file")
+    labels_of, names = inat_categories(data, path)
+    files, labels = inat_samples(data, path, labels_of)
+    return _join_and_check(path, files, root, check_files), labels, names
+
+
+def _inat_split(json_path: str, key: str, root: str, labels_of: dict[int, int] | None = None,
+                categories_file: Path | None = None) -> tuple[list[str], list[int], dict[int, int], list[str]]:
+    path = Path(json_path)
+    data = _load_json(path, key)
+    names: list[str] = []
+    if labels_of is None:
+        labels_of, names = inat_categories(data, path)
+    files, labels = inat_samples(data, path, labels_of, categories_file)
+    return _join_and_check(path, files, root, True), labels, labels_of, names
+
+
+def load_inat_json(root: str, train_json: str, test_json: str, train_transform: Transform,
+                   test_transform: Transform) -> Splits:
+    """iNaturalist from its official annotation files (``data.train_list=train2018.json``,
+    ``data.test_list=val2018.json``, ``data.root`` = the folder holding ``train_val2018/``).
+
+    Classes are the training file's ``categories``; evaluation annotations are labelled through them.
+    """
+    _require("inat_json", root=root, train_list=train_json, test_list=test_json)
+    _check_root(root)
+    train_paths, train_labels, labels_of, classes = _inat_split(train_json, "data.train_list", root)
+    test_paths, test_labels, _, _ = _inat_split(test_json, "data.test_list", root, labels_of, Path(train_json))
+    return (FileImageDataset(train_paths, train_labels, classes, train_transform),
+            FileImageDataset(test_paths, test_labels, classes, test_transform))
+
+
+def load_inat_json_test(root: str, train_json: str, test_json: str, test_transform: Transform) -> ImageDataset:
+    """The evaluation annotation file alone; categories from the training file when it exists, else its own."""
+    _require("inat_json", root=root, test_list=test_json)
+    _check_root(root)
+    labels_of, classes, categories_file = None, [], None
+    if train_json and Path(train_json).is_file():
+        categories_file = Path(train_json)
+        labels_of, classes = inat_categories(_load_json(categories_file, "data.train_list"), categories_file)
+    paths, labels, _, own = _inat_split(test_json, "data.test_list", root, labels_of, categories_file)
+    return FileImageDataset(paths, labels, classes or own, test_transform)
+
+
+def inat_train_labels(train_json: str) -> tuple[list[int], list[str]]:
+    """Labels and class names of an iNaturalist training annotation file, without the images."""
+    _require("inat_json", train_list=train_json)
+    path = Path(train_json)
+    data = _load_json(path, "data.train_list")
+    labels_of, names = inat_categories(data, path)
+    return inat_samples(data, path, labels_of)[1], names
 
 
 # ----------------------------------------------------------------------------- ImageFolder
@@ -249,22 +500,118 @@ def _folder_classes(folder: Path, key: str) -> list[str]:
         raise ConfigError(f"image folder {folder} ({key}) has no class subfolders") from None
 
 
+def read_class_index(path: str | Path) -> tuple[dict[str, int], list[str]]:
+    """Read a class index file: which label each class folder name stands for (``data.class_index``).
+
+    Two forms, told apart by the whole file (blank lines are skipped):
+
+    - ``folder_name label`` (e.g. ``n01440764 0``): when every line has exactly two
+      whitespace-separated fields and every second field is an integer, that integer is the label;
+    - ``folder_name [readable name ...]`` (e.g. ImageNet-LT's ``classnames.txt``,
+      ``n01440764 tench``): otherwise the label is the line's position among the non-blank lines,
+      counted from 0, and the rest of the line is ignored.
+
+    Either way folder names are unique and the labels are exactly 0..C-1, each used once; the
+    class name of a label is its folder name.
+
+    Returns:
+        folder name -> label, and the folder names indexed by label.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"class index file {path} (data.class_index) does not exist")
+    rows = [(lineno, text.split()) for lineno, text in _list_lines(path)]
+    if not rows:
+        raise ConfigError(f"{path}: empty class index; expected lines 'folder_name label' or 'folder_name name'")
+    explicit = all(len(f) == 2 and _INTEGER.fullmatch(f[1]) for _, f in rows)
+    label_of: dict[str, int] = {}
+    line_of: dict[str, int] = {}
+    folder_of: dict[int, str] = {}
+    for position, (lineno, fields) in enumerate(rows):
+        folder, label = fields[0], int(fields[1]) if explicit else position
+        if folder in label_of:
+            raise ConfigError(f"{path}:{lineno}: class folder '{folder}' is listed again (first on line "
+                              f"{line_of[folder]})")
+        if label < 0:
+            raise ConfigError(f"{path}:{lineno}: label {label} is negative; expected 0 or more")
+        if label in folder_of:
+            first = folder_of[label]
+            raise ConfigError(f"{path}:{lineno}: label {label} is given again (first to '{first}' on line "
+                              f"{line_of[first]})")
+        label_of[folder], line_of[folder], folder_of[label] = label, lineno, folder
+    num_classes = len(rows)
+    missing = next((y for y in range(num_classes) if y not in folder_of), None)
+    if missing is not None:
+        raise ConfigError(f"{path}: no class folder has label {missing}; the {num_classes} labels must be "
+                          f"0..{num_classes - 1}, each used once")
+    return label_of, [folder_of[y] for y in range(num_classes)]
+
+
+def folder_classes(root: str, train_dir: str, class_index: str = "") -> tuple[dict[str, int], list[str], str]:
+    """Class folder name -> label, class names, and what they came from (for error messages).
+
+    With a class index file (:func:`read_class_index`) the labels are the index's; without one
+    they are the training folder's class subfolders in sorted order (torchvision's ImageFolder rule).
+    """
+    if class_index:
+        label_of, names = read_class_index(class_index)
+        return label_of, names, f"classes of the class index {class_index}"
+    train_root = Path(root) / train_dir
+    classes = _folder_classes(train_root, "data.root/data.train_dir")
+    return {c: i for i, c in enumerate(classes)}, classes, f"training classes of {train_root}"
+
+
+def _folder_labels(folder: Path, key: str, label_of: dict[str, int], known: str) -> dict[str, int]:
+    """Label of each class subfolder of ``folder``; every subfolder must be a known class."""
+    found = _folder_classes(folder, key)
+    extra = sorted(set(found) - set(label_of))
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise ConfigError(f"{folder}: class folder '{extra[0]}'{more} is not among the {len(label_of)} {known}")
+    return {c: label_of[c] for c in found}
+
+
+def _folder_dataset(folder: Path, key: str, label_of: dict[str, int], known: str, classes: list[str],
+                    transform: Transform | None, allow_empty: bool) -> FileImageDataset:
+    samples = _folder_samples(folder, _folder_labels(folder, key, label_of, known), allow_empty=allow_empty)
+    return FileImageDataset([p for p, _ in samples], [y for _, y in samples], classes, transform)
+
+
 def load_folder(root: str, train_dir: str, test_dir: str, train_transform: Transform,
-                test_transform: Transform) -> Splits:
+                test_transform: Transform, class_index: str = "") -> Splits:
     """ImageFolder layout: ``root/train_dir/<class>/<image>`` and ``root/test_dir/<class>/<image>``.
 
-    Classes are the training subfolders in sorted order (torchvision's ImageFolder rule); the
-    evaluation folder may hold a subset of them, labelled with the training indices.
+    Classes are the training subfolders in sorted order (torchvision's ImageFolder rule), or the
+    classes of ``class_index`` (see :func:`read_class_index`); the evaluation folder may hold a
+    subset of them, labelled the same way.
     """
-    train_root, test_root = Path(root) / train_dir, Path(root) / test_dir
-    classes = _folder_classes(train_root, "data.root/data.train_dir")
-    test_classes = _folder_classes(test_root, "data.root/data.test_dir")
-    extra = sorted(set(test_classes) - set(classes))
-    if extra:
-        raise ConfigError(f"{test_root}: class folder '{extra[0]}' is not among the {len(classes)} training "
-                          f"classes of {train_root}")
-    class_to_idx = {c: i for i, c in enumerate(classes)}
-    train = _folder_samples(train_root, class_to_idx, allow_empty=False)
-    test = _folder_samples(test_root, {c: class_to_idx[c] for c in test_classes}, allow_empty=True)
-    return (FileImageDataset([p for p, _ in train], [y for _, y in train], classes, train_transform),
-            FileImageDataset([p for p, _ in test], [y for _, y in test], classes, test_transform))
+    label_of, classes, known = folder_classes(root, train_dir, class_index)
+    train = _folder_dataset(Path(root) / train_dir, "data.root/data.train_dir", label_of, known, classes,
+                            train_transform, allow_empty=False)
+    test = _folder_dataset(Path(root) / test_dir, "data.root/data.test_dir", label_of, known, classes,
+                           test_transform, allow_empty=True)
+    return train, test
+
+
+def load_folder_test(root: str, train_dir: str, test_dir: str, test_transform: Transform,
+                     class_index: str = "") -> ImageDataset:
+    """The evaluation folder alone (ImageNet-Sketch: ``test_dir=sketch`` with a class index).
+
+    Without ``class_index`` the training folder must exist, since its subfolders name the classes;
+    its images are never listed.
+    """
+    train_root = Path(root) / train_dir
+    if not class_index and not train_root.is_dir():
+        raise ConfigError(f"image folder {train_root} (data.root/data.train_dir) is not a folder; without "
+                          "data.class_index its subfolders name the classes")
+    label_of, classes, known = folder_classes(root, train_dir, class_index)
+    return _folder_dataset(Path(root) / test_dir, "data.root/data.test_dir", label_of, known, classes,
+                           test_transform, allow_empty=True)
+
+
+def folder_train_labels(root: str, train_dir: str, class_index: str = "") -> tuple[list[int], list[str]]:
+    """Labels of the training folder's images (files are listed, not opened) and the class names."""
+    label_of, classes, known = folder_classes(root, train_dir, class_index)
+    train = _folder_dataset(Path(root) / train_dir, "data.root/data.train_dir", label_of, known, classes, None,
+                            allow_empty=False)
+    return train.targets, classes

@@ -22,7 +22,7 @@ import torch
 from lpt import __version__
 from lpt.analysis.metrics import shot_accuracy
 from lpt.config import Config, ConfigError, apply_overrides, from_dict, read_yaml, save_config, to_dict
-from lpt.data import build_datasets, build_train_stream, build_transform
+from lpt.data import build_datasets, build_test_dataset, build_train_stream, build_transform
 from lpt.engine.checkpoint import CheckpointError, load_trained, read_checkpoint, save_checkpoint
 from lpt.engine.resume import RESUME_FILE, StopRequest, load_resume, run_lock, save_resume
 from lpt.engine.distributed import DistContext, init_distributed
@@ -265,9 +265,9 @@ def evaluate_run(run_dir: str | Path, data_overrides: list[str] | None = None, d
         if bad:
             raise ConfigError(f"eval override '{bad[0]}' must set a data.* key")
         cfg = from_dict(apply_overrides(to_dict(cfg), data_overrides))
-    splits = build_datasets(cfg.data)
-    if splits.num_classes != run.model.num_classes:
-        raise ConfigError(f"evaluation data has {splits.num_classes} classes, the run was trained on "
+    test = build_test_dataset(cfg.data)
+    if len(test.classes) != run.model.num_classes:
+        raise ConfigError(f"evaluation data has {len(test.classes)} classes, the run was trained on "
                           f"{run.model.num_classes}")
     device = next(run.model.parameters()).device
-    return _shot_metrics(run.model, splits.test, run.train_counts, cfg, device, DistContext(), "eval")[0]
+    return _shot_metrics(run.model, test, run.train_counts, cfg, device, DistContext(), "eval")[0]

@@ -1,0 +1,176 @@
+"""The packaged presets: each loads, validates, says where its values come from, and trains two steps.
+
+The training test swaps each preset's backbone for a tiny random ViT and its data for a generated
+set with the benchmark's class count (one tiny PNG reused by every line), keeping everything else
+the preset says: method, head, prompts, loss, sampling, learning-rate rule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lpt.config import load_config, preset_names
+
+BENCHMARKS = {  # preset -> classes of its benchmark
+    "places_lt": 365, "imagenet_lt": 1000, "inat2018": 8142, "cifar100_lt": 100,
+    "vpt_deep_places_lt": 365, "vpt_shallow_places_lt": 365, "linear_places_lt": 365, "full_places_lt": 365,
+}
+LPT_PRESETS = ("places_lt", "imagenet_lt", "inat2018", "cifar100_lt")
+DIM, DEPTH = 32, 2
+TINY_VIT = [
+    "model.pretrained=false", "model.checkpoint=",
+    f"model.backbone_args={{img_size: 32, patch_size: 8, depth: {DEPTH}, embed_dim: {DIM}, num_heads: 2}}",
+    "model.split_block=1",  # K must be below the tiny ViT's 2 blocks
+    "data.img_size=32", "data.test_resize=32", "data.num_workers=0",
+    "phase1.epochs=1", "phase2.epochs=1", "eval_batch_size=512", "progress=false", "device=cpu",
+]
+
+
+def preset_text(name: str) -> str:
+    return (resources.files("lpt.presets") / f"{name}.yaml").read_text()
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_every_benchmark_has_its_preset():
+    assert set(BENCHMARKS) <= set(preset_names())
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_preset_loads_and_validates(name):
+    cfg = load_config(name)
+    assert cfg.method in ("lpt", "lpt_joint", "vpt", "linear", "full")
+    if name in BENCHMARKS:
+        assert "." in cfg.model.backbone, "pin the timm weights tag (arch.tag)"
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_every_preset_value_names_its_source(name):
+    lines = preset_text(name).splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"^\s*[a-z_0-9]+:\s*\S", line):  # a key with a value (not a section header)
+            commented = "#" in line or lines[i - 1].lstrip().startswith("#")
+            assert commented, f"{name}.yaml:{i + 1}: '{line.strip()}' has no comment naming its source"
+
+
+@pytest.mark.parametrize("name", LPT_PRESETS)
+def test_lpt_presets_carry_the_paper_settings(name):
+    cfg = load_config(name)
+    d, m, lo = cfg.data, cfg.model, cfg.loss
+    assert m.backbone == "vit_base_patch16_224.augreg_in21k" and m.pretrained
+    assert (d.img_size, d.test_resize, d.mean, d.std, d.train_aug) == (224, 256, [0.5] * 3, [0.5] * 3, "rrc_flip")
+    assert (m.prompt_len, m.pool_size, m.split_block, m.top_k, m.head, m.query) == (10, 20, 6, 2, "cosine", "shared")
+    assert (lo.name, lo.margin, lo.scale, lo.noise_mul, lo.eta) == ("agcl", 0.1, 20.0, 0.5, 0.5)
+    assert cfg.method == "lpt" and cfg.phases == ["phase1", "phase2"]
+    for p in (cfg.phase1, cfg.phase2):
+        assert (p.lr, p.momentum, p.warmup_epochs, p.sampling) == (0.02, 0.9, 1.0, "dual")
+
+
+def test_cifar100_lt_preset_is_ratio_100_of_500():
+    d = load_config("cifar100_lt").data
+    assert (d.source, d.imbalance_ratio, d.max_per_class, d.subsample_seed) == ("cifar100", 100, 500, 0)
+    assert load_config("cifar100_lt", ["data.imbalance_ratio=200"]).data.imbalance_ratio == 200
+
+
+@pytest.mark.parametrize("name, method, depth, head, loss", [
+    ("vpt_deep_places_lt", "vpt", "deep", "linear", "ce"),
+    ("vpt_shallow_places_lt", "vpt", "shallow", "linear", "ce"),
+    ("linear_places_lt", "linear", "deep", "linear", "ce"),
+    ("full_places_lt", "full", "deep", "linear", "ce"),
+])
+def test_baseline_presets(name, method, depth, head, loss):
+    cfg = load_config(name)
+    assert (cfg.method, cfg.model.prompt_depth, cfg.model.head, cfg.loss.name) == (method, depth, head, loss)
+    assert cfg.phases == ["phase1"] and cfg.phase1.sampling == "instance" and cfg.loss.scale == 1.0
+    assert cfg.data == load_config("places_lt").data  # same data as LPT on Places-LT
+
+
+# ----------------------------------------------------------------------------- two training steps each
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    Image.new("RGB", (8, 8), (90, 120, 150)).save(root / "img.png")
+    return root
+
+
+def generated_data(name: str, root: Path, folder: Path) -> tuple[list[str], int]:
+    """Overrides replacing the preset's data, and the number of training images."""
+    classes = BENCHMARKS[name]
+    test_labels = [c * classes // 50 for c in range(50)]
+    if load_config(name).data.source == "inat_json":  # keep the preset's own source: the official JSON layout
+        cats = [{"id": c, "name": f"species {c}"} for c in range(classes)]
+
+        def ann_file(path: Path, labels: list[int]) -> str:
+            images = [{"id": i, "file_name": "img.png"} for i in range(len(labels))]
+            anns = [{"id": i, "image_id": i, "category_id": y} for i, y in enumerate(labels)]
+            path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+            return str(path)
+
+        train = list(range(classes))  # one image per class: 8,142 classes are already many images
+        return ["data.source=inat_json", f"data.root={root}",
+                f"data.train_list={ann_file(folder / 'train.json', train)}",
+                f"data.test_list={ann_file(folder / 'val.json', test_labels)}"], len(train)
+    train = [c for c in range(classes) for _ in range(2)]
+    (folder / "train.txt").write_text("".join(f"img.png {y}\n" for y in train))
+    (folder / "test.txt").write_text("".join(f"img.png {y}\n" for y in test_labels))
+    return ["data.source=list", f"data.root={root}", f"data.train_list={folder / 'train.txt'}",
+            f"data.test_list={folder / 'test.txt'}", "data.imbalance_ratio=1", "data.max_per_class=0"], len(train)
+
+
+def expected_trainable(cfg, classes: int, backbone_params: int) -> dict[str, int]:
+    """Trainable parameters of each stage, from the method's definition."""
+    m, head = cfg.model, classes * DIM + (classes if cfg.model.head == "linear" else 0)
+    if cfg.method == "lpt":
+        return {"phase1": DEPTH * m.prompt_len * DIM + head,
+                "phase2": m.pool_size * ((DEPTH - m.split_block) * m.prompt_len * DIM + DIM) + head}
+    if cfg.method == "vpt":
+        return {"phase1": (1 if m.prompt_depth == "shallow" else DEPTH) * m.prompt_len * DIM + head}
+    return {"phase1": head + (backbone_params if cfg.method == "full" else 0)}
+
+
+STEPS, BATCH = 2, 16
+
+
+@pytest.fixture
+def two_steps(monkeypatch):
+    """Cut every epoch the runner builds to its first two steps, so that a benchmark's class count
+    (8,142 for iNaturalist, one training image each at least) costs 2 x 2 batches, not an epoch."""
+    import lpt.engine.runner as runner
+    from lpt.data import TrainStream
+
+    full = runner.build_train_stream
+    monkeypatch.setattr(runner, "build_train_stream", lambda *a, **k: TrainStream(full(*a, **k).loaders, STEPS))
+    # the run report draws a bar per class (tens of seconds at 8,142 classes); it has tests of its own
+    monkeypatch.setattr(runner, "_write_report", lambda *a, **k: None, raising=False)
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_preset_trains_two_steps_on_generated_data(name, image_root, tmp_path, two_steps):
+    from lpt.engine.runner import train
+
+    data, n_train = generated_data(name, image_root, tmp_path)
+    assert n_train >= STEPS * BATCH
+    cfg = load_config(name, [*TINY_VIT, *data, f"phase1.batch_size={BATCH}", f"phase2.batch_size={BATCH}"])
+    train(cfg, tmp_path / "run")
+
+    classes = BENCHMARKS[name]
+    assert len(json.loads((tmp_path / "run" / "classes.json").read_text())["classes"]) == classes
+    epochs = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "epoch" in r]
+    assert [r["phase"] for r in epochs] == cfg.phases
+    for r in epochs:
+        assert math.isfinite(r["loss"])
+        base_lr = getattr(cfg, r["phase"]).lr
+        assert r["lr"] == pytest.approx(base_lr * BATCH / 256)  # step 2 of 2 ends the one warm-up epoch
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    trainable = {phase: s["trainable_params"] for phase, s in run["phases"].items()}
+    assert trainable == expected_trainable(cfg, classes, run["backbone_params"])
