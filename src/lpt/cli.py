@@ -48,9 +48,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lpt.engine.runner import train
 
     if args.resume:
-        if args.config or args.overrides or args.out:
+        if args.config or args.overrides or args.out or args.skip_bad_images:
             raise ConfigError("--resume RUN_DIR continues a run with its own config; "
-                              "drop --config, --out and overrides")
+                              "drop --config, --out, --skip-bad-images and overrides")
         out = Path(args.resume)
         if not (out / "config.yaml").is_file():
             raise ConfigError(f"{out} is not an lpt run directory (no config.yaml)")
@@ -58,7 +58,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif not args.config:
         raise ConfigError("lpt train needs --config PRESET_OR_YAML (or --resume RUN_DIR)")
     else:
-        cfg = load_config(args.config, args.overrides + (["deterministic=true"] if args.deterministic else []))
+        cfg = load_config(args.config, args.overrides + (["deterministic=true"] if args.deterministic else [])
+                          + (["data.skip_bad_images=true"] if args.skip_bad_images else []))
         out = Path(args.out) if args.out else _default_out(args.config)
     return _run_interruptible(lambda: train(cfg, out, resume=bool(args.resume)), out, "test accuracy %:")
 
@@ -127,6 +128,24 @@ def cmd_import_official(args: argparse.Namespace) -> int:
                           train_counts_file=args.train_counts, config=args.config,
                           overrides=[o if o.startswith("data.") else f"data.{o}" for o in args.data or []])
     print(f"imported {args.checkpoint} into {out}; evaluate with: lpt eval --run {out}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from lpt.data.check import check_config, check_list_file
+
+    if bool(args.config) == bool(args.list):
+        raise ConfigError("lpt data-check needs either --config PRESET_OR_YAML or --list FILE (with --root DIR)")
+    if args.list:
+        if args.overrides:
+            raise ConfigError("lpt data-check --list takes no key=value overrides; use --config for those")
+        report = check_list_file(args.list, args.root, args.skip_bad_images)
+    else:
+        cfg = load_config(args.config, args.overrides + (["data.skip_bad_images=true"] if args.skip_bad_images else []))
+        report = check_config(cfg.data)
+    for bad in report.bad:
+        print(bad.line())
+    print(report.summary())
     return 0
 
 
@@ -206,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<config>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run where it stopped")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (repeatable CPU runs)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="decode every image first; drop unreadable ones, listed in RUN_DIR/bad_images.txt")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. phase1.epochs=5")
     p.set_defaults(func=cmd_train)
 
@@ -252,6 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="folder of the plot <name>_counts.png (default: current folder)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.train_list=...")
     p.set_defaults(func=cmd_data_stats)
+
+    p = sub.add_parser("data-check", help="decode every image of a config's splits (or of a list file); "
+                       "stop at the first unreadable one")
+    p.add_argument("--config", help="preset or YAML whose data.* splits to check")
+    p.add_argument("--list", metavar="FILE", help="a 'relative/path label' list file to check instead")
+    p.add_argument("--root", default="", metavar="DIR", help="with --list: folder the listed paths are relative to")
+    p.add_argument("--skip-bad-images", action="store_true", help="list every unreadable image and exit 0")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=/data")
+    p.set_defaults(func=cmd_data_check)
 
     p = sub.add_parser("report", help="write report.html and report.md (with plots) into a finished run directory")
     p.add_argument("run_dir", help="run directory")
@@ -306,6 +336,17 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return ConfigError, BackboneError, CheckpointError, TrainingError, OSError
 
 
+def _one_line(exc: Exception) -> str:
+    """The message of ``exc``; for an error re-raised by a DataLoader worker (its message is the worker's
+    traceback), the original message: the last line, less its exception type."""
+    import re
+
+    text = str(exc).strip()
+    if "\n" not in text:
+        return text
+    return re.sub(r"^[A-Za-z_][\w.]*: ", "", text.splitlines()[-1], count=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging
 
@@ -317,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as exc:
-        print(f"lpt {args.command}: error: {exc}", file=sys.stderr)
+        print(f"lpt {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

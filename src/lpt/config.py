@@ -43,6 +43,7 @@ class DataConfig:
     train_aug: str = "rrc_flip"  # rrc_flip | crop_flip | none
     num_workers: int = 4
     samples_per_class: int = 4  # class-balanced sampling: images taken from each picked class
+    skip_bad_images: bool = False  # scan image files before training; drop unreadable ones into bad_images.txt
 
 
 @dataclass

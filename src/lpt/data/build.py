@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lpt.config import ConfigError, DataConfig
 from lpt.data import sources as src
+from lpt.data.check import BadImage, drop_bad_images
 from lpt.data.datasets import ImageDataset, Transform
 from lpt.data.longtail import class_counts, longtail_counts, longtail_indices
 from lpt.data.sources import Splits
@@ -22,12 +23,14 @@ class DataSplits:
         test: evaluation images, with evaluation transforms.
         classes: class names, indexed by label.
         train_counts: training images per class, indexed by label (all > 0).
+        bad_images: unreadable images dropped from ``train`` and ``test`` (``data.skip_bad_images``).
     """
 
     train: ImageDataset
     test: ImageDataset
     classes: list[str]
     train_counts: list[int]
+    bad_images: list[BadImage] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -63,7 +66,8 @@ SOURCES: dict[str, Source] = {
         train_labels=lambda c: src.cifar100_train_labels(c.root, c.download),
     ),
     "list": Source(
-        splits=lambda c, tr, te: src.load_list(c.root, c.train_list, c.test_list, tr, te),
+        splits=lambda c, tr, te: src.load_list(c.root, c.train_list, c.test_list, tr, te,
+                                               check_files=not c.skip_bad_images),
         test=lambda c, te: src.load_list_test(c.root, c.train_list, c.test_list, te),
         train_labels=lambda c: src.list_train_labels(c.train_list),
     ),
@@ -73,7 +77,8 @@ SOURCES: dict[str, Source] = {
         train_labels=lambda c: src.folder_train_labels(c.root, c.train_dir, c.class_index),
     ),
     "inat_json": Source(
-        splits=lambda c, tr, te: src.load_inat_json(c.root, c.train_list, c.test_list, tr, te),
+        splits=lambda c, tr, te: src.load_inat_json(c.root, c.train_list, c.test_list, tr, te,
+                                                    check_files=not c.skip_bad_images),
         test=lambda c, te: src.load_inat_json_test(c.root, c.train_list, c.test_list, te),
         train_labels=lambda c: src.inat_train_labels(c.train_list),
     ),
@@ -113,11 +118,12 @@ def apply_longtail(train: ImageDataset, cfg: DataConfig) -> ImageDataset:
     return train if keep is None else train.subset(keep)
 
 
-def _check_nonempty(counts: list[int], classes: list[str]) -> None:
+def _check_nonempty(counts: list[int], classes: list[str], dropped: int = 0) -> None:
     empty = [c for c, n in enumerate(counts) if n == 0]
     if empty:
         more = f" (and {len(empty) - 1} more classes)" if len(empty) > 1 else ""
-        raise ConfigError(f"class {empty[0]} ({classes[empty[0]]!r}) has no training images{more}")
+        why = f" once its {dropped} unreadable training images are skipped" if dropped else ""
+        raise ConfigError(f"class {empty[0]} ({classes[empty[0]]!r}) has no training images{more}{why}")
 
 
 def build_datasets(cfg: DataConfig) -> DataSplits:
@@ -126,15 +132,27 @@ def build_datasets(cfg: DataConfig) -> DataSplits:
     Args:
         cfg: the data configuration.
 
+    With ``cfg.skip_bad_images``, every image file of both splits (the training split after the
+    profile) is opened and decoded once; missing or unreadable ones are dropped and listed in
+    ``bad_images``. Without it, the first unreadable image raises when it is read.
+
     Returns:
         DataSplits whose every class has at least one training image.
     """
     source = get_source(cfg.source)
     train, test = source.splits(cfg, build_transform(cfg, train=True), build_transform(cfg, train=False))
     train = apply_longtail(train, cfg)
+    bad: list[BadImage] = []
+    if cfg.skip_bad_images:
+        train, bad_train = drop_bad_images(train, "train", cfg.num_workers)
+        test, bad_test = drop_bad_images(test, "test", cfg.num_workers)
+        bad = bad_train + bad_test
+        if not len(test):
+            raise ConfigError(f"none of the {len(bad_test)} evaluation images can be read; the first: "
+                              f"{bad_test[0].line()}")
     counts = class_counts(train.targets, len(train.classes))
-    _check_nonempty(counts, train.classes)
-    return DataSplits(train=train, test=test, classes=train.classes, train_counts=counts)
+    _check_nonempty(counts, train.classes, sum(b.split == "train" for b in bad))
+    return DataSplits(train=train, test=test, classes=train.classes, train_counts=counts, bad_images=bad)
 
 
 def build_test_dataset(cfg: DataConfig) -> ImageDataset:

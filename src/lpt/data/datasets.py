@@ -7,6 +7,7 @@ can work on labels without decoding a single image.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,14 +40,32 @@ def _array_to_l(values: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
 
 
+class BadImageError(OSError):
+    """An image file that cannot be opened, decoded or converted to RGB; the one-line message starts with its path."""
+
+
+# What PIL raises on a missing, truncated, corrupt or non-image file (struct.error, SyntaxError and
+# ValueError come out of some broken PNG/TIFF headers; DecompressionBombError is not an OSError).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+
+
 def load_rgb(path: str) -> Image.Image:
-    """Open an image file and return it as an RGB PIL image, or raise OSError naming the file."""
+    """Open an image file, decode all of it and return it as an RGB PIL image.
+
+    Raises:
+        BadImageError (an OSError): ``"<path>: cannot read image (<reason>)"``, on one line, for a
+            missing, truncated, corrupt or non-image file. A truncated file fails unless someone set
+            ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` (lpt never does; it would decode the missing part grey).
+    """
     try:
         with Image.open(path) as img:
-            img.load()  # decode now: the file closes on leaving this block
+            img.load()  # decode now: the file closes on leaving this block, and truncation shows here
             return to_rgb(img)
-    except OSError as exc:
-        raise OSError(f"{path}: cannot read image ({exc})") from exc
+    except FileNotFoundError:
+        raise BadImageError(f"{path}: cannot read image (file not found)") from None
+    except _DECODE_ERRORS as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise BadImageError(f"{path}: cannot read image ({reason})") from exc
 
 
 class ImageDataset(Dataset):
@@ -108,27 +127,37 @@ class ArrayImageDataset(ImageDataset):
 
 
 class FileImageDataset(ImageDataset):
-    """Image files opened lazily, one per ``__getitem__``.
+    """Image files opened lazily, one per ``__getitem__``; an unreadable one raises :class:`BadImageError`.
 
     Args:
         paths: N image file paths.
         targets: N labels.
         classes: class names.
         transform: see :class:`ImageDataset`.
+        origins: where each image is listed (``"train.txt:12"``, ``"train.json: images[3]"``), for
+            messages; None: nowhere but its path.
     """
 
     def __init__(self, paths: Sequence[str], targets: Sequence[int], classes: Sequence[str],
-                 transform: Transform | None = None):
+                 transform: Transform | None = None, origins: Sequence[str] | None = None):
         super().__init__(targets, classes, transform)
         if len(paths) != len(self.targets):
             raise ValueError(f"got {len(paths)} paths for {len(self.targets)} labels")
+        if origins is not None and len(origins) != len(paths):
+            raise ValueError(f"got {len(origins)} origins for {len(paths)} paths")
         self.paths = [str(p) for p in paths]
+        self.origins = list(origins) if origins is not None else None
 
     def load(self, index: int) -> Image.Image:
         return load_rgb(self.paths[index])
 
+    def origin(self, index: int) -> str:
+        """Where image ``index`` is listed (``"train.txt:12"``), or its path when that is unknown."""
+        return self.origins[index] if self.origins is not None else self.paths[index]
+
     def subset(self, indices: Sequence[int]) -> FileImageDataset:
         idx = [int(i) for i in indices]
+        origins = [self.origins[i] for i in idx] if self.origins is not None else None
         return FileImageDataset([self.paths[i] for i in idx], [self.targets[i] for i in idx], self.classes,
-                                self.transform)
+                                self.transform, origins)
 

@@ -21,6 +21,7 @@ import numpy as np
 from lpt.config import ConfigError
 from lpt.data.datasets import ArrayImageDataset, FileImageDataset, ImageDataset, Transform
 from lpt.data.idx import read_idx
+from lpt.utils import log
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 FASHION_MNIST_CLASSES = [
@@ -184,6 +185,26 @@ def _read_list(path: Path, root: str | Path | None, check_files: bool) -> tuple[
     return paths, labels, linenos
 
 
+def warn_duplicates(path: str | Path, paths: list[str], labels: list[int], linenos: list[int]) -> None:
+    """Warn once about repeated images of a list file. They are kept as given: each line is one sample
+    (a repeat weighs that image double), since the published splits are used as they are. Called once
+    the splits are read without error, so that an error stays the only line printed."""
+    first: dict[str, int] = {}
+    repeats, conflicts = [], []
+    for i, p in enumerate(paths):
+        j = first.setdefault(p, i)
+        if j != i:
+            (repeats if labels[j] == labels[i] else conflicts).append((i, j))
+    if repeats:
+        i, j = repeats[0]
+        log.warning("%s:%d: repeats line %d (%d repeated lines in all); repeats are kept, each one a sample",
+                    path, linenos[i], linenos[j], len(repeats))
+    if conflicts:
+        i, j = conflicts[0]
+        log.warning("%s:%d: image %s is labelled %d here and %d on line %d (%d lines relabel an earlier image); "
+                    "both are kept", path, linenos[i], paths[i], labels[i], labels[j], linenos[j], len(conflicts))
+
+
 def read_list_file(path: str | Path, root: str | Path | None = None,
                    check_files: bool = True) -> tuple[list[str], list[int]]:
     """Read a split list: one ``relative/path label`` per line (Places-LT, ImageNet-LT, iNat 2018).
@@ -245,21 +266,26 @@ def _check_root(root: str) -> None:
 
 
 def load_list(root: str, train_list: str, test_list: str, train_transform: Transform,
-              test_transform: Transform) -> Splits:
+              test_transform: Transform, check_files: bool = True) -> Splits:
     """Images named by a training and an evaluation list file, under one image root.
 
     The number of classes C is the largest training label plus one; every evaluation label
-    must be below C.
+    must be below C. ``check_files=False`` leaves missing images to the reader (or to the scan of
+    ``data.skip_bad_images``); each dataset knows the list line of each image (``origin``).
     """
     _require("list", root=root, train_list=train_list, test_list=test_list)
     _check_root(root)
-    train_paths, train_labels, _ = _read_list(Path(train_list), root, check_files=True)
-    test_paths, test_labels, test_linenos = _read_list(Path(test_list), root, check_files=True)
+    train_paths, train_labels, train_linenos = _read_list(Path(train_list), root, check_files)
+    test_paths, test_labels, test_linenos = _read_list(Path(test_list), root, check_files)
     num_classes = max(train_labels) + 1
     _check_test_labels(test_list, test_labels, test_linenos, num_classes)
     classes = read_class_names(train_list, num_classes)
-    return (FileImageDataset(train_paths, train_labels, classes, train_transform),
-            FileImageDataset(test_paths, test_labels, classes, test_transform))
+    warn_duplicates(train_list, train_paths, train_labels, train_linenos)
+    warn_duplicates(test_list, test_paths, test_labels, test_linenos)
+    return (FileImageDataset(train_paths, train_labels, classes, train_transform,
+                             [f"{train_list}:{n}" for n in train_linenos]),
+            FileImageDataset(test_paths, test_labels, classes, test_transform,
+                             [f"{test_list}:{n}" for n in test_linenos]))
 
 
 def load_list_test(root: str, train_list: str, test_list: str, test_transform: Transform) -> ImageDataset:
@@ -277,7 +303,8 @@ def load_list_test(root: str, train_list: str, test_list: str, test_transform: T
         classes = read_class_names(train_list, num_classes)
     else:
         classes = read_class_names(test_list, max(test_labels) + 1)
-    return FileImageDataset(test_paths, test_labels, classes, test_transform)
+    origins = [f"{test_list}:{n}" for n in test_linenos]
+    return FileImageDataset(test_paths, test_labels, classes, test_transform, origins)
 
 
 def list_train_labels(train_list: str) -> tuple[list[int], list[str]]:
@@ -431,18 +458,23 @@ def read_inat_json(path: str | Path, root: str | Path | None = None,
 
 
 def _inat_split(json_path: str, key: str, root: str, labels_of: dict[int, int] | None = None,
-                categories_file: Path | None = None) -> tuple[list[str], list[int], dict[int, int], list[str]]:
+                categories_file: Path | None = None,
+                check_files: bool = True) -> tuple[list[str], list[int], dict[int, int], list[str]]:
     path = Path(json_path)
     data = _load_json(path, key)
     names: list[str] = []
     if labels_of is None:
         labels_of, names = inat_categories(data, path)
     files, labels = inat_samples(data, path, labels_of, categories_file)
-    return _join_and_check(path, files, root, True), labels, labels_of, names
+    return _join_and_check(path, files, root, check_files), labels, labels_of, names
+
+
+def _inat_origins(json_path: str, n: int) -> list[str]:
+    return [f"{json_path}: images[{i}]" for i in range(n)]
 
 
 def load_inat_json(root: str, train_json: str, test_json: str, train_transform: Transform,
-                   test_transform: Transform) -> Splits:
+                   test_transform: Transform, check_files: bool = True) -> Splits:
     """iNaturalist from its official annotation files (``data.train_list=train2018.json``,
     ``data.test_list=val2018.json``, ``data.root`` = the folder holding ``train_val2018/``).
 
@@ -450,10 +482,14 @@ def load_inat_json(root: str, train_json: str, test_json: str, train_transform: 
     """
     _require("inat_json", root=root, train_list=train_json, test_list=test_json)
     _check_root(root)
-    train_paths, train_labels, labels_of, classes = _inat_split(train_json, "data.train_list", root)
-    test_paths, test_labels, _, _ = _inat_split(test_json, "data.test_list", root, labels_of, Path(train_json))
-    return (FileImageDataset(train_paths, train_labels, classes, train_transform),
-            FileImageDataset(test_paths, test_labels, classes, test_transform))
+    train_paths, train_labels, labels_of, classes = _inat_split(train_json, "data.train_list", root,
+                                                                check_files=check_files)
+    test_paths, test_labels, _, _ = _inat_split(test_json, "data.test_list", root, labels_of, Path(train_json),
+                                                check_files)
+    return (FileImageDataset(train_paths, train_labels, classes, train_transform,
+                             _inat_origins(train_json, len(train_paths))),
+            FileImageDataset(test_paths, test_labels, classes, test_transform,
+                             _inat_origins(test_json, len(test_paths))))
 
 
 def load_inat_json_test(root: str, train_json: str, test_json: str, test_transform: Transform) -> ImageDataset:

@@ -30,7 +30,7 @@ from lpt.engine.evaluate import extract_features, predict
 from lpt.engine.methods import LinearProbe, build_method, stream_losses
 from lpt.engine.trainer import TensorBoardLog, train_phase
 from lpt.model import LPT, BackboneIdentity, create_backbone
-from lpt.utils import atomic_write_json, log, resolve_device, seed_everything
+from lpt.utils import atomic_write_json, atomic_write_text, log, resolve_device, seed_everything
 
 CHECKPOINT = "model.safetensors"
 METRIC_KEYS = ("overall", "many", "medium", "few", "official", "per_class", "num_images")
@@ -164,6 +164,11 @@ def _train_locked(cfg: Config, out_dir: Path, resume: bool, device: torch.device
         tensorboard = TensorBoardLog(str(out_dir / "tensorboard"))
         save_config(cfg, out_dir / "config.yaml")
         atomic_write_json(out_dir / "classes.json", {"classes": splits.classes, "train_counts": splits.train_counts})
+        if cfg.data.skip_bad_images:  # the scan ran in build_datasets; list what it dropped
+            atomic_write_text(out_dir / "bad_images.txt", "".join(b.line() + "\n" for b in splits.bad_images))
+            log.log(logging.WARNING if splits.bad_images else logging.INFO,
+                    "skipped %d unreadable images (data.skip_bad_images), listed in %s", len(splits.bad_images),
+                    out_dir / "bad_images.txt")
         _truncate_lines(jsonl_path, position["jsonl_lines"])
     log.info("run %s%s: %d classes, %d training and %d test images, backbone %s (%s)", out_dir,
              f" resumed at phase {position['phase_index'] + 1}" if state else "", splits.num_classes,
