@@ -234,7 +234,8 @@ def _tiny_list_run(tmp_path: Path, bad: list[str]) -> list[str]:
             _save(img / f"c{c}" / f"{i}.png", Image.fromarray(pixels))
             (test if i == 3 else train).append(f"c{c}/{i}.png {c}")
     return [*_lists(tmp_path, train[:4] + [f"{b} {k % 3}" for k, b in enumerate(bad)] + train[4:], test),
-            "data.source=list", "data.img_size=28", "data.test_resize=28", "data.num_workers=0", *TINY_MODEL, "phase1.epochs=1", "phase2.epochs=1",
+            "data.source=list", "data.img_size=28", "data.test_resize=28", "data.num_workers=0", *TINY_MODEL,
+            "phase1.epochs=1", "phase2.epochs=1",
             "phase1.batch_size=4", "phase2.batch_size=4", "eval_batch_size=8", "progress=false"]
 
 
