@@ -260,3 +260,17 @@ def test_gradient_accumulation_equals_the_full_batch(phase):
         torch.testing.assert_close(loss, grads[0][1], atol=1e-5, rtol=1e-5)
         for a, b in zip(g, grads[0][0]):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_out_of_memory_names_the_batch_size_and_suggests_accumulation():
+    from lpt.engine.trainer import _forward_backward
+
+    class OutOfMemory(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    with pytest.raises(TrainingError, match=r"phase2: GPU out of memory at batch size 4 per stream \(7 images per "
+                                            r"step\); lower phase2.batch_size or set phase2.grad_accum=2"):
+        _forward_backward(OutOfMemory(), tiny_lpt(2), two_batches(), 0, PhaseConfig(), scaler, CPU, "fp32",
+                          "phase2")
