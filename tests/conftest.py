@@ -5,6 +5,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -51,3 +52,13 @@ def tiny_overrides(tiny_fmnist):
         "phase2.epochs=1", "phase2.batch_size=16", "phase2.lr=0.5",
         "eval_batch_size=32", "progress=false",
     ]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tensors in some tests are tiny: one thread is fastest, and on a busy 2-core machine two threads
+    are 50x slower. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,13 +27,7 @@ TINY_ARGS = [a for k, v in TINY.items() for a in ("--backbone-arg", f"{k}={v}")]
 TINY_DECODER = {"decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tensors here are tiny: one thread is fastest, and on a busy 2-core machine two threads are 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

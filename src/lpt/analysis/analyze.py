@@ -10,7 +10,6 @@ side. Writes ``analysis.json`` and ``analysis_lda.png`` into the run directory.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from lpt.analysis import plots
 from lpt.analysis.features import available_sources, extract
 from lpt.analysis.geometry import class_distances, knn_predict, lda_2d
 from lpt.analysis.metrics import shot_accuracy
-from lpt.config import ConfigError, apply_overrides, from_dict, to_dict
+from lpt.config import ConfigError
 from lpt.utils import atomic_write_bytes, atomic_write_json, log, resolve_device
 
 ANALYSIS_JSON, LDA_PNG = "analysis.json", "analysis_lda.png"
@@ -67,21 +66,15 @@ def analyze_run(run_dir: str | Path, data_overrides: list[str] | None = None, k:
     Returns:
         the content of analysis.json.
     """
-    from lpt.data import build_datasets, build_transform
-    from lpt.engine.runner import load_run
+    from lpt.data import build_datasets
+    from lpt.engine.runner import load_run, with_data_overrides, with_eval_transform
 
     run = load_run(run_dir, resolve_device(device))
-    cfg = run.config
-    if data_overrides:
-        bad = [o for o in data_overrides if not o.startswith("data.")]
-        if bad:
-            raise ConfigError(f"analyze override '{bad[0]}' must set a data.* key")
-        cfg = from_dict(apply_overrides(to_dict(cfg), data_overrides))
+    cfg = with_data_overrides(run.config, data_overrides, "analyze")
     splits = build_datasets(cfg.data)
     if splits.num_classes != run.model.num_classes:
         raise ConfigError(f"the data has {splits.num_classes} classes, the run was trained on {run.model.num_classes}")
-    train_set = copy.copy(splits.train)
-    train_set.transform = build_transform(cfg.data, train=False)  # features of the training images, not of crops
+    train_set = with_eval_transform(splits.train, cfg)
     sources = available_sources(run.model)
     dev = next(run.model.parameters()).device
     opts = dict(device=dev, batch_size=cfg.eval_batch_size, precision=cfg.precision,

@@ -75,13 +75,6 @@ def load_checkpoint_into(model: LPT, identity: BackboneIdentity, path: Path) -> 
     return meta
 
 
-def _with_eval_transform(dataset, cfg: Config):
-    """The same images with the deterministic evaluation transform (features are computed once)."""
-    clone = copy.copy(dataset)
-    clone.transform = build_transform(cfg.data, train=False)
-    return clone
-
-
 def _append_jsonl(path: Path, record: dict) -> None:
     with path.open("a") as fh:
         fh.write(json.dumps(record) + "\n")
@@ -191,7 +184,7 @@ def _train_locked(cfg: Config, out_dir: Path, resume: bool, device: torch.device
             method = build_method(cfg.method, phase, losses, cfg.loss.eta).to(device)
             train_set = splits.train
             if isinstance(method, LinearProbe):
-                train_set = extract_features(model, _with_eval_transform(splits.train, cfg), device=device,
+                train_set = extract_features(model, with_eval_transform(splits.train, cfg), device=device,
                                              batch_size=cfg.eval_batch_size, precision=cfg.precision,
                                              num_workers=cfg.data.num_workers, progress=cfg.progress)
             in_memory = train_set is not splits.train
@@ -258,18 +251,30 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     return Run(model, cfg, info["classes"], info["train_counts"], identity, run_dir)
 
 
+def with_data_overrides(cfg: Config, overrides: list[str] | None, command: str) -> Config:
+    """A run's config with ``data.*`` overrides applied (another split, root or list); other keys are refused."""
+    if not overrides:
+        return cfg
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise ConfigError(f"{command} override '{bad[0]}' must set a data.* key")
+    return from_dict(apply_overrides(to_dict(cfg), overrides))
+
+
+def with_eval_transform(dataset, cfg: Config):
+    """The same images with the deterministic evaluation transform (features, not random crops)."""
+    clone = copy.copy(dataset)
+    clone.transform = build_transform(cfg.data, train=False)
+    return clone
+
+
 def evaluate_run(run_dir: str | Path, data_overrides: list[str] | None = None, device: str = "auto") -> dict:
     """Metrics of a run on its test split (or another, through ``data.*`` overrides), as in metrics.json.
 
     Shot groups always come from the run's own training counts.
     """
     run = load_run(run_dir, resolve_device(device))
-    cfg = run.config
-    if data_overrides:
-        bad = [o for o in data_overrides if not o.startswith("data.")]
-        if bad:
-            raise ConfigError(f"eval override '{bad[0]}' must set a data.* key")
-        cfg = from_dict(apply_overrides(to_dict(cfg), data_overrides))
+    cfg = with_data_overrides(run.config, data_overrides, "eval")
     test = build_test_dataset(cfg.data)
     if len(test.classes) != run.model.num_classes:
         raise ConfigError(f"evaluation data has {len(test.classes)} classes, the run was trained on "
