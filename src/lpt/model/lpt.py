@@ -16,7 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from lpt.model.heads import HEADS
 from lpt.model.prompted_vit import (
-    block_forward, concat_kv, deep_prompt_blocks, embed, pooled_feature, prompt_kv, shallow_prompt_forward,
+    PromptKV, block_forward, deep_prompt_blocks, embed, pooled_feature, prompt_kv, shallow_prompt_forward,
 )
 
 
@@ -150,30 +150,37 @@ class LPT(nn.Module):
             return pooled_feature(self.backbone, self.backbone.blocks(embed(self.backbone, images)))
         return self.phase1_feature(images)
 
-    def _group_pass(self, h_k: torch.Tensor, group_prompts: torch.Tensor) -> torch.Tensor:
-        """Blocks K+1..L again from ``h_k``, each with the shared and the per-image group prompt."""
+    def _group_pass(self, h_k: torch.Tensor, group_prompts: torch.Tensor, shared_kv: list[PromptKV]) -> torch.Tensor:
+        """Blocks K+1..L again from ``h_k``, each with the shared prompt's keys/values (computed once, for
+        the whole batch) and the per-image group prompt's."""
         x, k = h_k, self.split_block
         for i, block in enumerate(self.backbone.blocks[k:]):
-            shared = prompt_kv(block, self.shared_prompt[k + i][None])
-            x = block_forward(block, x, concat_kv(shared, prompt_kv(block, group_prompts[:, i]), batch=x.shape[0]))
+            x = block_forward(block, x, shared_kv[i], prompt_kv(block, group_prompts[:, i]))
         return pooled_feature(self.backbone, x)
 
     def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Feature of the current phase; in phase 2 also the query, selected groups and their key cosines.
 
-        Phase 2 reuses the hidden state after block K of the query pass; that part runs without
-        gradient unless the shared prompt trains (joint training). The query never carries gradient.
+        Phase 2 reuses the hidden state after block K of the query pass, and the shared prompt's
+        keys/values of blocks K+1..L serve both passes; these run without gradient unless the shared
+        prompt trains (joint training). The query never carries gradient.
         """
         if self.phase == 1:
             return {"feature": self.phase1_feature(images)}
-        k = self.split_block
+        vit, k = self.backbone, self.split_block
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.shared_prompt.requires_grad):
-            h_k = deep_prompt_blocks(self.backbone, embed(self.backbone, images), self.shared_prompt[:k])
+            h_k = deep_prompt_blocks(vit, embed(vit, images), self.shared_prompt[:k])
+            shared_kv = [prompt_kv(block, u[None]) for block, u in zip(vit.blocks[k:], self.shared_prompt[k:])]
         with torch.no_grad():
-            q = self.query(images) if self.plain_query else pooled_feature(
-                self.backbone, deep_prompt_blocks(self.backbone, h_k, self.shared_prompt[k:], start=k))
+            if self.plain_query:
+                q = self.query(images)
+            else:
+                x = h_k
+                for block, kv in zip(vit.blocks[k:], shared_kv):
+                    x = block_forward(block, x, kv)
+                q = pooled_feature(vit, x)
         groups, key_sim = self.pool.select(q)
-        feature = self._group_pass(h_k, self.pool.ensemble(groups))
+        feature = self._group_pass(h_k, self.pool.ensemble(groups), shared_kv)
         return {"feature": feature, "query": q, "groups": groups, "key_sim": key_sim}
 
     def forward_train(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

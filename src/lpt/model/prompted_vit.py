@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block, VisionTransformer
 
-PromptKV = tuple[torch.Tensor, torch.Tensor]
+PromptKV = torch.Tensor  # keys and values of prompt tokens, stacked: [2, B|1, H, P, hd]
 
 
 def embed(vit: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
@@ -25,31 +25,36 @@ def embed(vit: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
 
 
 def prompt_kv(block: Block, prompt: torch.Tensor) -> PromptKV:
-    """Keys and values of prompt tokens ``[Bp, P, D]`` in ``block``: two tensors ``[Bp, H, P, hd]``."""
+    """Keys and values of prompt tokens ``[Bp, P, D]`` in ``block``, stacked: ``[2, Bp, H, P, hd]``.
+
+    Prompts are never queries, so only the key and value rows of ``attn.qkv`` (a plain ``nn.Linear``
+    in timm's ``Attention``, which ``check_vit_layout`` requires) are applied. The keys are those
+    before ``attn.k_norm``, which ``block_forward`` applies to all keys at once (it acts per token).
+    """
     attn = block.attn
     bp, p, _ = prompt.shape
-    qkv = attn.qkv(block.norm1(prompt)).reshape(bp, p, 3, attn.num_heads, attn.head_dim)
-    k, v = qkv[:, :, 1:].permute(2, 0, 3, 1, 4).unbind(0)
-    return attn.k_norm(k), v
+    width = attn.num_heads * attn.head_dim
+    bias = None if attn.qkv.bias is None else attn.qkv.bias[width:]
+    kv = F.linear(block.norm1(prompt), attn.qkv.weight[width:], bias)
+    return kv.reshape(bp, p, 2, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
 
 
-def concat_kv(*kvs: PromptKV, batch: int) -> PromptKV:
-    """Join prompt keys/values along the token axis, broadcasting batch-1 (shared) prompts."""
-    ks = [k.expand(batch, -1, -1, -1) for k, _ in kvs]
-    vs = [v.expand(batch, -1, -1, -1) for _, v in kvs]
-    return torch.cat(ks, dim=2), torch.cat(vs, dim=2)
+def block_forward(block: Block, x: torch.Tensor, *kvs: PromptKV) -> torch.Tensor:
+    """One timm ``Block`` on tokens ``x`` ``[B, N, D]`` whose attention also sees the prompt keys and
+    values ``kvs`` (``prompt_kv``'s ``[2, B|1, H, P, hd]``; batch 1: shared by every image, broadcast).
 
-
-def block_forward(block: Block, x: torch.Tensor, kv: PromptKV | None = None) -> torch.Tensor:
-    """One timm ``Block`` on tokens ``x`` ``[B, N, D]`` with extra prompt keys/values ``[B|1, H, P, hd]``."""
+    The tokens' own keys and values and all prompts' join in one concatenation; empty prompts are skipped.
+    """
     attn = block.attn
     b, n, _ = x.shape
     h = block.norm1(x)
-    q, k, v = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    qkv = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, kv = qkv[0], qkv[1:]
+    prompts = [p.expand(-1, b, -1, -1, -1) for p in kvs if p.shape[3] > 0]
+    if prompts:
+        kv = torch.cat([kv, *prompts], dim=3)
+    k, v = kv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    if kv is not None:
-        k = torch.cat([k, kv[0].expand(b, -1, -1, -1)], dim=2)
-        v = torch.cat([v, kv[1].expand(b, -1, -1, -1)], dim=2)
     o = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
     o = attn.norm(o.transpose(1, 2).reshape(b, n, attn.num_heads * attn.head_dim))
     gate = getattr(attn, "gate", None)
