@@ -167,6 +167,7 @@ def measure(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_start = os.getloadavg()[0]
     cfg, model, params, step, images_per_step = build(args)
     base_rss_mb = vm_kb("VmRSS") / 1024
     # FLOPs are counted on the eager model, before any compilation: one step, and one eval forward.
@@ -208,6 +209,7 @@ def measure(args: argparse.Namespace) -> dict:
         "trainable_params": sum(p.numel() for p in params),
         "prompt_len": cfg.model.prompt_len, "head": cfg.model.head, "loss": cfg.loss.name,
         "torch": torch.__version__,
+        "loadavg_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # at start and end: others' jobs
     }
 
 
