@@ -42,16 +42,20 @@ TINY_MODEL = [
 ]
 
 
-@pytest.fixture
-def tiny_overrides(tiny_fmnist):
-    """Overrides that turn the demo preset into a seconds-long run on the tiny data."""
+def tiny_run_overrides(root, progress: bool = False) -> list[str]:
+    """Overrides that turn the demo preset into a seconds-long run on the tiny data under ``root``."""
     return [
-        f"data.root={tiny_fmnist}", "data.imbalance_ratio=10", "data.max_per_class=40",
+        f"data.root={root}", "data.imbalance_ratio=10", "data.max_per_class=40",
         *TINY_MODEL,
         "phase1.epochs=2", "phase1.batch_size=16", "phase1.lr=0.5",
         "phase2.epochs=1", "phase2.batch_size=16", "phase2.lr=0.5",
-        "eval_batch_size=32", "progress=false",
+        "eval_batch_size=32", f"progress={str(progress).lower()}",
     ]
+
+
+@pytest.fixture
+def tiny_overrides(tiny_fmnist):
+    return tiny_run_overrides(tiny_fmnist)
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,10 @@ from lpt.engine.checkpoint import CheckpointError
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, tiny_fmnist):
-    from tests.conftest import TINY_MODEL
+    from tests.conftest import tiny_run_overrides
 
     out = tmp_path_factory.mktemp("runs") / "run"
-    overrides = [f"data.root={tiny_fmnist}", "data.imbalance_ratio=10", "data.max_per_class=40", *TINY_MODEL,
-                 "phase1.epochs=2", "phase1.batch_size=16", "phase1.lr=0.5", "phase2.epochs=1",
-                 "phase2.batch_size=16", "phase2.lr=0.5", "eval_batch_size=32", "progress=false"]
+    overrides = tiny_run_overrides(tiny_fmnist)
     assert main(["--quiet", "train", "--config", "demo", "--out", str(out), *overrides]) == 0
     return out
 

@@ -43,12 +43,10 @@ def fmt(v):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_fmnist):
     """(run directory, everything the training wrote to a non-interactive stderr)."""
-    from tests.conftest import TINY_MODEL
+    from tests.conftest import tiny_run_overrides
 
     out = tmp_path_factory.mktemp("report") / "run"
-    overrides = [f"data.root={tiny_fmnist}", "data.imbalance_ratio=10", "data.max_per_class=40", *TINY_MODEL,
-                 "phase1.epochs=2", "phase1.batch_size=16", "phase1.lr=0.5", "phase2.epochs=1",
-                 "phase2.batch_size=16", "phase2.lr=0.5", "eval_batch_size=32", "progress=true"]
+    overrides = tiny_run_overrides(tiny_fmnist, progress=True)
     setup_logging(logging.WARNING)  # the log handler keeps the stream it was made with: not our capture
     stderr = io.StringIO()  # not a terminal, as when stderr goes to a file or a pipe
     with contextlib.redirect_stderr(stderr):
