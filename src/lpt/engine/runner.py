@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,9 @@ import torch
 
 from lpt import __version__
 from lpt.analysis.metrics import shot_accuracy
-from lpt.config import Config, ConfigError, apply_overrides, from_dict, read_yaml, save_config, to_dict
-from lpt.data import build_datasets, build_test_dataset, build_train_stream, build_transform
+from lpt.config import Config, ConfigError, PhaseConfig, apply_overrides, from_dict, read_yaml, save_config, to_dict
+from lpt.data import DataSplits, TrainStream, build_datasets, build_test_dataset, build_train_stream, build_transform
+from lpt.data.check import BadImage
 from lpt.engine.checkpoint import CheckpointError, load_trained, read_checkpoint, save_checkpoint
 from lpt.engine.resume import RESUME_FILE, StopRequest, load_resume, run_lock, save_resume
 from lpt.engine.distributed import DistContext, init_distributed
@@ -134,9 +136,68 @@ def train(cfg: Config, out_dir: Path, resume: bool = False) -> dict:
         return _train_locked(cfg, out_dir, resume, device, dist, stop)
 
 
+@dataclass
+class _Training:
+    """What the steps of one ``train`` call share: built by ``_set_up_training``, then advanced phase by phase.
+
+    ``start`` is the resumable position the run starts from (a fresh run's: phase 0, nothing written).
+    ``summary`` (per finished phase) and ``metrics`` (of the last evaluation) grow as phases finish and go
+    into every resumable save; ``outputs`` are the last evaluation's predictions, for predictions.npz.
+    """
+
+    cfg: Config
+    out_dir: Path
+    device: torch.device
+    dist: DistContext
+    splits: DataSplits
+    model: LPT
+    identity: BackboneIdentity
+    start: dict[str, Any]
+    resumed: bool
+    summary: dict[str, Any]
+    metrics: dict | None
+    outputs: dict | None = None
+
+    @property
+    def jsonl_path(self) -> Path:
+        """One record per epoch and per phase evaluation; a resumed run cuts it back to its saved state."""
+        return self.out_dir / "metrics.jsonl"
+
+    def save(self, index: int, phase_position: dict | None, **extra: Any) -> None:
+        """Write the resumable state (main process): resume at phase ``index``, at ``phase_position`` within it."""
+        if self.dist.is_main:
+            save_resume(self.out_dir, self.model.trained_tensors(), {
+                "phase_index": index, "phase": phase_position, "summary": self.summary, "metrics": self.metrics,
+                "jsonl_lines": _count_lines(self.jsonl_path)} | extra)
+
+
 def _train_locked(cfg: Config, out_dir: Path, resume: bool, device: torch.device, dist: DistContext,
                   stop: StopRequest) -> dict:
+    """``train`` once the run lock and the signal handlers are held: set up, train the phases, write the results;
+    train.log and TensorBoard are closed even when training fails."""
     started = time.time()
+    run = _set_up_training(cfg, out_dir, resume, device, dist)
+    handler, tensorboard = _open_run_dir(run) if dist.is_main else (None, None)
+    log.info("run %s%s: %d classes, %d training and %d test images, backbone %s (%s)", out_dir,
+             f" resumed at phase {run.start['phase_index'] + 1}" if run.resumed else "", run.splits.num_classes,
+             len(run.splits.train), len(run.splits.test), run.identity.name, run.identity.source)
+    try:
+        _run_phases(run, stop, tensorboard)
+        if dist.is_main:
+            _write_results(run, started)
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+    return run.metrics
+
+
+def _set_up_training(cfg: Config, out_dir: Path, resume: bool, device: torch.device,
+                     dist: DistContext) -> _Training:
+    """Data and model on ``device``, restored from the resumable state with ``resume`` (a finished run is
+    refused before any data loads), else from ``cfg.init`` when set. Every process runs it: it writes nothing."""
     state = load_resume(out_dir) if resume else None
     if state is not None and state[1].get("finished"):
         raise ConfigError(f"run {out_dir} already finished; its metrics are in {out_dir / 'metrics.json'}")
@@ -148,88 +209,107 @@ def _train_locked(cfg: Config, out_dir: Path, resume: bool, device: torch.device
     elif cfg.init:
         load_checkpoint_into(model, identity, Path(cfg.init) / CHECKPOINT)
     model.to(device)
-    position = state[1] if state is not None else {"phase_index": 0, "phase": None, "summary": {}, "jsonl_lines": 0}
-    jsonl_path = out_dir / "metrics.jsonl"
-    handler = tensorboard = outputs = None
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        handler = _attach_log_file(out_dir)
-        tensorboard = TensorBoardLog(str(out_dir / "tensorboard"))
-        save_config(cfg, out_dir / "config.yaml")
-        atomic_write_json(out_dir / "classes.json", {"classes": splits.classes, "train_counts": splits.train_counts})
-        if cfg.data.skip_bad_images:  # the scan ran in build_datasets; list what it dropped
-            atomic_write_text(out_dir / "bad_images.txt", "".join(b.line() + "\n" for b in splits.bad_images))
-            log.log(logging.WARNING if splits.bad_images else logging.INFO,
-                    "skipped %d unreadable images (data.skip_bad_images), listed in %s", len(splits.bad_images),
-                    out_dir / "bad_images.txt")
-        _truncate_lines(jsonl_path, position["jsonl_lines"])
-    log.info("run %s%s: %d classes, %d training and %d test images, backbone %s (%s)", out_dir,
-             f" resumed at phase {position['phase_index'] + 1}" if state else "", splits.num_classes,
-             len(splits.train), len(splits.test), identity.name, identity.source)
-    losses = stream_losses(cfg, splits.train_counts).to(device)
-    summary: dict[str, Any] = dict(position["summary"])
-    metrics = position.get("metrics")
+    start = state[1] if state is not None else {"phase_index": 0, "phase": None, "summary": {}, "jsonl_lines": 0}
+    return _Training(cfg, out_dir, device, dist, splits, model, identity, start, resumed=state is not None,
+                     summary=dict(start["summary"]), metrics=start.get("metrics"))
 
-    def save(index: int, phase_position: dict | None, **extra: Any) -> None:
-        if dist.is_main:
-            save_resume(out_dir, model.trained_tensors(), {"phase_index": index, "phase": phase_position,
-                                                           "summary": summary, "metrics": metrics,
-                                                           "jsonl_lines": _count_lines(jsonl_path)} | extra)
 
-    try:
-        for index, phase_name in enumerate(cfg.phases):
-            if index < position["phase_index"]:
-                continue
-            phase, pcfg = int(phase_name[-1]), getattr(cfg, phase_name)
-            method = build_method(cfg.method, phase, losses, cfg.loss.eta).to(device)
-            train_set = splits.train
-            if isinstance(method, LinearProbe):
-                train_set = extract_features(model, with_eval_transform(splits.train, cfg), device=device,
-                                             batch_size=cfg.eval_batch_size, precision=cfg.precision,
-                                             num_workers=cfg.data.num_workers, progress=cfg.progress)
-            in_memory = train_set is not splits.train
-            stream = build_train_stream(train_set, pcfg.sampling, pcfg.batch_size, cfg.data.samples_per_class,
-                                        0 if in_memory else cfg.data.num_workers, cfg.seed, rank=dist.rank,
-                                        world_size=dist.world_size, pin_memory=device.type == "cuda" and not in_memory)
-            jsonl = (lambda r: (_append_jsonl(jsonl_path, r), tensorboard(r))) if dist.is_main else None
-            records = train_phase(
-                model, method, stream, pcfg, device=device, precision=cfg.precision, dist=dist,
-                progress=cfg.progress, desc=phase_name, on_epoch_end=jsonl,
-                resume=position["phase"] if index == position["phase_index"] else None,
-                save=lambda pos, index=index: save(index, pos), checkpoint_every=cfg.checkpoint_every,
-                should_stop=stop)
-            metrics, outputs = _shot_metrics(model, splits.test, splits.train_counts, cfg, device, dist,
-                                             f"eval {phase_name}")
-            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            summary[phase_name] = {k: metrics[k] for k in ("overall", "many", "medium", "few")} | {
-                "trainable_params": trainable,
-                "train_seconds": sum(r["seconds"] for r in records),
-                "images_per_s": records[-1]["images_per_s"] if records else None,
-            }
-            log.info("%s: overall %.2f, many %s, medium %s, few %s", phase_name, metrics["overall"],
-                     *(f"{metrics[g]:.2f}" if metrics[g] is not None else "-" for g in ("many", "medium", "few")))
-            if dist.is_main:
-                _append_jsonl(jsonl_path, {"phase": phase_name, "eval": summary[phase_name]})
-                meta = {"lpt_version": __version__, "phase": phase, "num_classes": splits.num_classes,
-                        "backbone": identity.to_dict(), "model": to_dict(cfg)["model"]}
-                save_checkpoint(out_dir / CHECKPOINT, model.trained_tensors(), meta)
-            save(index + 1, None)
-        if dist.is_main:
-            atomic_write_json(out_dir / "metrics.json", metrics)
-            atomic_write_json(out_dir / "run.json", {
-                "lpt_version": __version__, "method": cfg.method, "backbone": identity.to_dict(), "phases": summary,
-                "backbone_params": sum(p.numel() for p in model.backbone.parameters()),
-                "device": str(device), "world_size": dist.world_size, "wall_seconds": time.time() - started,
-            })
-            save(len(cfg.phases), None, finished=True)
-            _write_report(out_dir, outputs)
-    finally:
-        if tensorboard is not None:
-            tensorboard.close()
-        if handler is not None:
-            log.removeHandler(handler)
-            handler.close()
-    return metrics
+def _open_run_dir(run: _Training) -> tuple[logging.Handler, TensorBoardLog]:
+    """Main process, before training: the run directory with its logs and the files that describe the run, and
+    metrics.jsonl cut back to the state the run resumes from. The caller closes the logs."""
+    out_dir, splits = run.out_dir, run.splits
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = _attach_log_file(out_dir)
+    tensorboard = TensorBoardLog(str(out_dir / "tensorboard"))
+    save_config(run.cfg, out_dir / "config.yaml")
+    atomic_write_json(out_dir / "classes.json", {"classes": splits.classes, "train_counts": splits.train_counts})
+    if run.cfg.data.skip_bad_images:  # the scan ran in build_datasets; list what it dropped
+        _list_bad_images(out_dir, splits.bad_images)
+    _truncate_lines(run.jsonl_path, run.start["jsonl_lines"])
+    return handler, tensorboard
+
+
+def _list_bad_images(out_dir: Path, bad_images: list[BadImage]) -> None:
+    """bad_images.txt, and a log line: a run that skipped images says so, and which (data.skip_bad_images)."""
+    atomic_write_text(out_dir / "bad_images.txt", "".join(b.line() + "\n" for b in bad_images))
+    log.log(logging.WARNING if bad_images else logging.INFO,
+            "skipped %d unreadable images (data.skip_bad_images), listed in %s", len(bad_images),
+            out_dir / "bad_images.txt")
+
+
+def _run_phases(run: _Training, stop: StopRequest, tensorboard: TensorBoardLog | None) -> None:
+    """Train, in order, the phases the run has not finished (a resumed run skips those before its start)."""
+    losses = stream_losses(run.cfg, run.splits.train_counts).to(run.device)
+
+    def record_epoch(record: dict) -> None:
+        _append_jsonl(run.jsonl_path, record)
+        tensorboard(record)
+
+    for index, phase_name in enumerate(run.cfg.phases):
+        if index >= run.start["phase_index"]:
+            _run_phase(run, index, phase_name, losses, stop, record_epoch if run.dist.is_main else None)
+
+
+def _run_phase(run: _Training, index: int, phase_name: str, losses: torch.nn.ModuleDict, stop: StopRequest,
+               on_epoch_end: Callable[[dict], None] | None) -> None:
+    """One phase: train it (from the saved position where the run stopped inside it), evaluate, record its
+    summary, then save its checkpoint and a resumable state that starts at the next phase."""
+    cfg, model = run.cfg, run.model
+    phase, pcfg = int(phase_name[-1]), getattr(cfg, phase_name)
+    method = build_method(cfg.method, phase, losses, cfg.loss.eta).to(run.device)
+    records = train_phase(
+        model, method, _phase_stream(run, method, pcfg), pcfg, device=run.device, precision=cfg.precision,
+        dist=run.dist, progress=cfg.progress, desc=phase_name, on_epoch_end=on_epoch_end,
+        resume=run.start["phase"] if index == run.start["phase_index"] else None,
+        save=lambda pos: run.save(index, pos), checkpoint_every=cfg.checkpoint_every, should_stop=stop)
+    run.metrics, run.outputs = _shot_metrics(model, run.splits.test, run.splits.train_counts, cfg, run.device,
+                                             run.dist, f"eval {phase_name}")
+    run.summary[phase_name] = _phase_summary(model, run.metrics, records)
+    log.info("%s: overall %.2f, many %s, medium %s, few %s", phase_name, run.metrics["overall"],
+             *(f"{run.metrics[g]:.2f}" if run.metrics[g] is not None else "-" for g in ("many", "medium", "few")))
+    if run.dist.is_main:
+        _append_jsonl(run.jsonl_path, {"phase": phase_name, "eval": run.summary[phase_name]})
+        meta = {"lpt_version": __version__, "phase": phase, "num_classes": run.splits.num_classes,
+                "backbone": run.identity.to_dict(), "model": to_dict(cfg)["model"]}
+        save_checkpoint(run.out_dir / CHECKPOINT, model.trained_tensors(), meta)
+    run.save(index + 1, None)
+
+
+def _phase_stream(run: _Training, method: torch.nn.Module, pcfg: PhaseConfig) -> TrainStream:
+    """The phase's training batches: images, or for a linear probe the frozen model's features, computed once
+    and held in memory (so without loader workers or pinned memory)."""
+    train_set = run.splits.train
+    if isinstance(method, LinearProbe):
+        train_set = extract_features(run.model, with_eval_transform(run.splits.train, run.cfg), device=run.device,
+                                     batch_size=run.cfg.eval_batch_size, precision=run.cfg.precision,
+                                     num_workers=run.cfg.data.num_workers, progress=run.cfg.progress)
+    in_memory = train_set is not run.splits.train
+    return build_train_stream(train_set, pcfg.sampling, pcfg.batch_size, run.cfg.data.samples_per_class,
+                              0 if in_memory else run.cfg.data.num_workers, run.cfg.seed, rank=run.dist.rank,
+                              world_size=run.dist.world_size,
+                              pin_memory=run.device.type == "cuda" and not in_memory)
+
+
+def _phase_summary(model: LPT, metrics: dict, records: list[dict]) -> dict:
+    """A finished phase's entry in run.json and metrics.jsonl: its shot-split accuracy, size and speed."""
+    return {k: metrics[k] for k in ("overall", "many", "medium", "few")} | {
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "train_seconds": sum(r["seconds"] for r in records),
+        "images_per_s": records[-1]["images_per_s"] if records else None,
+    }
+
+
+def _write_results(run: _Training, started: float) -> None:
+    """Main process, once every phase is trained: metrics.json, run.json, the resumable state marked finished
+    (so a second --resume is refused), then the report."""
+    atomic_write_json(run.out_dir / "metrics.json", run.metrics)
+    atomic_write_json(run.out_dir / "run.json", {
+        "lpt_version": __version__, "method": run.cfg.method, "backbone": run.identity.to_dict(),
+        "phases": run.summary, "backbone_params": sum(p.numel() for p in run.model.backbone.parameters()),
+        "device": str(run.device), "world_size": run.dist.world_size, "wall_seconds": time.time() - started,
+    })
+    run.save(len(run.cfg.phases), None, finished=True)
+    _write_report(run.out_dir, run.outputs)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
