@@ -16,8 +16,9 @@ A speedup is naive time / lpt time; each repeat gives one ratio and the median o
 reported. Both the wall clock and the process CPU time are recorded (``--clock`` picks the one
 reported as ``eval_speedup`` and ``train_speedup``), and the 1-minute load average at the start and
 the end: on a shared machine, other jobs taking a core make every operation wait for the threads it
-runs on, a cost per operation that both forwards pay alike, so the ratios shrink. Before timing, the logits of both forwards on the same images are compared
-(``max_logit_diff``) and the selected groups must agree. The last line printed is one JSON object.
+runs on, a cost per operation that both forwards pay alike, so the ratios shrink. Before timing, the
+logits of both forwards on the same images are compared (``max_logit_diff``) and the selected groups
+must agree. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                    torch.randint(0, args.classes, (args.batch,), generator=gen).to(device))
                for s in ("balanced", "instance")}
     images = batches["balanced"][0]
-    amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    def amp() -> torch.autocast:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     model.eval()
     with torch.no_grad(), amp():

@@ -118,7 +118,9 @@ def build(args: argparse.Namespace):
     gen = torch.Generator().manual_seed(0)
     batches = {s: (torch.randn(args.batch, 3, args.img, args.img, generator=gen).to(device),
                    torch.randint(0, args.classes, (args.batch,), generator=gen).to(device)) for s in streams}
-    amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    def amp() -> torch.autocast:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     if args.mode == "eval":
         images = torch.cat([x for x, _ in batches.values()])[: args.batch]
