@@ -36,7 +36,8 @@ def tiny_fmnist(tmp_path_factory):
     return root
 
 
-TINY_MODEL = [
+TINY_MODEL = [  # a random ViT far smaller than the demo's bundled backbone
+    "model.backbone=vit_tiny_patch16_224", "model.pretrained=false",
     "model.backbone_args={img_size: 28, patch_size: 7, depth: 3, embed_dim: 32, num_heads: 2}",
     "model.prompt_len=2", "model.pool_size=4", "model.split_block=1", "model.top_k=2",
 ]

@@ -70,3 +70,47 @@ def test_weights_file_with_a_missing_or_extra_tensor_is_refused(source_vit, tmp_
     save_file(state, tmp_path / "extra.safetensors")
     with pytest.raises(BackboneError, match=r"unexpected \['extra.weight'\]"):
         create_backbone("vit_tiny_patch16_224", checkpoint=str(tmp_path / "extra.safetensors"), **TINY)
+
+
+# ----------------------------------------------------------------------------- backbones shipped with lpt
+
+
+def test_shipped_demo_backbone_loads_offline_and_matches_its_card():
+    import json
+
+    from safetensors import safe_open
+
+    from lpt.model.bundled import BUNDLED
+
+    bundle = BUNDLED["demo_vit_glyphs"]
+    card = json.loads(bundle.card_path().read_text())
+    assert bundle.weights_path().stat().st_size < 10 * 2**20  # the issue's package budget
+    vit, identity = create_backbone("demo_vit_glyphs")
+    assert identity.source == "bundled" and identity.fingerprint == card["weights"]["fingerprint"] == bundle.fingerprint
+    assert identity.args == card["weights"]["args"] and vit.patch_embed.patch_size == (7, 7) and len(vit.blocks) == 6
+    with safe_open(str(bundle.weights_path()), "pt") as fh:  # every stored tensor arrived, as fp16 values
+        for key in fh.keys():
+            assert torch.equal(vit.state_dict()[key], fh.get_tensor(key).float()), key
+    # the random counterpart has the same shape, other weights, and says it is random
+    rand, rand_id = create_backbone("demo_vit_random")
+    assert rand_id.source == "random" and rand_id.fingerprint != identity.fingerprint
+    assert {k: v.shape for k, v in rand.state_dict().items()} == {k: v.shape for k, v in vit.state_dict().items()}
+
+
+def test_shipped_backbone_refuses_other_shapes_and_a_damaged_file(tmp_path, monkeypatch):
+    from lpt.model import bundled
+
+    with pytest.raises(BackboneError, match=r"'demo_vit_glyphs' is fixed at .*patch_size': 4"):
+        create_backbone("demo_vit_glyphs", patch_size=4)
+    vit, _ = create_backbone("demo_vit_glyphs", img_size=28, drop_path_rate=0.0)  # consistent arguments are fine
+    state = {k: v.half().clone() for k, v in vit.state_dict().items()}
+    state["cls_token"] += 1.0
+    weights = tmp_path / "weights" / "demo_vit_glyphs.safetensors"
+    weights.parent.mkdir()
+    save_file(state, weights)
+    monkeypatch.setattr(bundled.resources, "files", lambda package: tmp_path)
+    with pytest.raises(BackboneError, match="fingerprint .* its card says 2bb8a3b2cbde7f79; the file is damaged"):
+        create_backbone("demo_vit_glyphs")
+    weights.unlink()
+    with pytest.raises(BackboneError, match="missing from the lpt installation"):
+        create_backbone("demo_vit_glyphs")

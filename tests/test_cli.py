@@ -127,3 +127,18 @@ def test_error_list_file_problems(tmp_path, capsys):
     test.write_text("a.png 0\na.png 7\n")
     err = run_error(base + [f"data.test_list={test}"], capsys)
     assert f"{test}:2" in err and "7" in err
+
+
+def test_demo_prints_linear_probe_and_both_lpt_phases(tmp_path, tiny_overrides, capsys):
+    out = tmp_path / "demo"
+    assert main(["--quiet", "demo", "--out", str(out), *tiny_overrides]) == 0
+    printed = capsys.readouterr().out
+    probe = json.loads((out / "linear_probe" / "run.json").read_text())
+    lpt_run = json.loads((out / "run.json").read_text())
+    assert probe["method"] == "linear" and probe["backbone"]["fingerprint"] == lpt_run["backbone"]["fingerprint"]
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and "overall" not in line]
+    assert [r.split(" | ")[0] for r in rows] == ["| linear probe", "| LPT phase 1", "| LPT phase 2"]
+    assert rows[0].split(" | ")[1] == f"{probe['phases']['phase1']['overall']:.2f}"
+    assert rows[2].split(" | ")[1] == f"{lpt_run['phases']['phase2']['overall']:.2f}"
+    assert main(["--quiet", "demo", "--no-linear-probe", "--out", str(tmp_path / "lpt_only"), *tiny_overrides]) == 0
+    assert not (tmp_path / "lpt_only" / "linear_probe").exists()

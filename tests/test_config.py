@@ -26,9 +26,7 @@ def test_demo_preset_loads_its_values():
     assert cfg.data.imbalance_ratio == 100.0 and isinstance(cfg.data.imbalance_ratio, float)
     assert cfg.data.max_per_class == 500
     assert cfg.data.img_size == 28 and cfg.data.train_aug == "none"
-    assert cfg.model.backbone == "vit_tiny_patch16_224"
-    assert cfg.model.backbone_args == {"img_size": 28, "patch_size": 7, "depth": 6}
-    assert cfg.model.pretrained is False
+    assert cfg.model.backbone == "demo_vit_glyphs" and cfg.model.backbone_args == {}  # bundled with lpt
     assert (cfg.model.prompt_len, cfg.model.pool_size, cfg.model.split_block, cfg.model.top_k) == (10, 20, 3, 2)
     assert (cfg.phase1.epochs, cfg.phase1.batch_size, cfg.phase1.lr) == (8, 64, 0.04)
     assert (cfg.phase2.epochs, cfg.phase2.batch_size, cfg.phase2.lr) == (4, 64, 0.04)
@@ -78,7 +76,8 @@ def test_overrides_set_typed_values():
 
 
 def test_overrides_on_a_preset_merge_into_free_form_dict():
-    cfg = load_config("demo", ["model.backbone_args.depth=4", "phase1.epochs=5", "data.mean=[1, 0, 0]"])
+    cfg = load_config("demo", ["model.backbone_args={img_size: 28, patch_size: 7}", "model.backbone_args.depth=4",
+                               "phase1.epochs=5", "data.mean=[1, 0, 0]"])
     assert cfg.model.backbone_args == {"img_size": 28, "patch_size": 7, "depth": 4}
     assert cfg.phase1.epochs == 5 and cfg.phase2.epochs == 4
     assert cfg.data.mean == [1.0, 0.0, 0.0] and all(type(v) is float for v in cfg.data.mean)

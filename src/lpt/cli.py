@@ -29,23 +29,36 @@ def shot_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def print_summary(out: Path, title: str) -> None:
-    """The per-phase shot table of a finished run, and a warning if its backbone was random (rank 0 only)."""
+METHOD_LABELS = {"lpt": "LPT", "lpt_joint": "LPT joint", "vpt": "VPT", "linear": "linear probe", "full": "full FT"}
+# The demo's linear probe: a linear head on the frozen backbone's class-token feature (computed once),
+# cross-entropy on class-balanced batches; 30 epochs of cached features take seconds.
+DEMO_LINEAR_PROBE = ["method=linear", "phases=[phase1]", "model.prompt_len=0", "model.head=linear", "loss.name=ce",
+                     "loss.scale=1", "phase1.sampling=balanced", "phase1.epochs=30"]
+
+
+def print_summary(outs: list[Path], title: str) -> None:
+    """One shot table over finished runs (a row per run and phase), and a warning if a backbone was random
+    (rank 0 only)."""
     if os.environ.get("RANK", "0") != "0":
         return
-    run = json.loads((out / "run.json").read_text())
+    rows, random = {}, set()
+    for out in outs:
+        run = json.loads((out / "run.json").read_text())
+        label = METHOD_LABELS.get(run.get("method", "lpt"), run.get("method"))
+        phases = run["phases"]
+        for name, m in phases.items():
+            rows[label if len(phases) == 1 else f"{label} {name.replace('phase', 'phase ')}"] = m
+        if run["backbone"]["source"] == "random":
+            random.add(run["backbone"]["name"])
     print(f"\n{title}")
-    method = {"lpt": "LPT", "lpt_joint": "LPT joint", "vpt": "VPT", "linear": "linear probe", "full": "full FT"}
-    label = method.get(run.get("method", "lpt"), run.get("method"))
-    print(shot_table({f"{label} {name.replace('phase', 'phase ')}": m for name, m in run["phases"].items()}))
-    if run["backbone"]["source"] == "random":
-        print(f"note: backbone {run['backbone']['name']} was randomly initialised (no pretrained weights)")
-    print(f"run directory: {out}")
+    print(shot_table(rows))
+    for name in sorted(random):
+        print(f"note: backbone {name} was randomly initialised (no pretrained weights)")
+    print(f"run directory: {outs[-1]}" if len(outs) == 1 else "run directories: " + ", ".join(map(str, outs)))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lpt.config import from_dict, read_yaml
-    from lpt.engine.runner import train
 
     if args.resume:
         if args.config or args.overrides or args.out or args.skip_bad_images:
@@ -61,29 +74,35 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides + (["deterministic=true"] if args.deterministic else [])
                           + (["data.skip_bad_images=true"] if args.skip_bad_images else []))
         out = Path(args.out) if args.out else _default_out(args.config)
-    return _run_interruptible(lambda: train(cfg, out, resume=bool(args.resume)), out, "test accuracy %:")
+    return _run_interruptible([(cfg, out)], "test accuracy %:", resume=bool(args.resume))
 
 
-def _run_interruptible(run, out: Path, title: str) -> int:
-    """Run training; on SIGINT / SIGTERM say how to resume and exit 130."""
+def _run_interruptible(stages: list, title: str, resume: bool = False) -> int:
+    """Train each (config, run directory) in turn, then print one table; on SIGINT / SIGTERM say how to
+    resume the interrupted run and exit 130."""
+    from lpt.engine.runner import train
     from lpt.engine.trainer import Interrupted
 
-    try:
-        run()
-    except Interrupted as exc:
-        print(f"lpt: interrupted ({exc}); the run is saved. Resume with: lpt train --resume {out}", file=sys.stderr)
-        return 130
-    print_summary(out, title)
+    for cfg, out in stages:
+        try:
+            train(cfg, out, resume=resume)
+        except Interrupted as exc:
+            print(f"lpt: interrupted ({exc}); the run is saved. Resume with: lpt train --resume {out}",
+                  file=sys.stderr)
+            return 130
+    print_summary([out for _, out in stages], title)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lpt.engine.runner import train
-
     overrides = list(args.overrides) + (["data.download=true"] if args.download else [])
     cfg = load_config("demo", overrides)
     out = Path(args.out) if args.out else _default_out("demo")
-    return _run_interruptible(lambda: train(cfg, out), out, "Fashion-MNIST-LT (imbalance 100), test accuracy %:")
+    stages = [(cfg, out)]
+    if not args.no_linear_probe:  # the probe's run lives inside the demo's run directory
+        stages.insert(0, (load_config("demo", overrides + DEMO_LINEAR_PROBE), out / "linear_probe"))
+    title = f"Fashion-MNIST-LT (imbalance 100), backbone {cfg.model.backbone}, test accuracy %:"
+    return _run_interruptible(stages, title)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -233,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="offline demo: LPT on Fashion-MNIST-LT")
     p.add_argument("--out", help="run directory (default runs/demo-<time>)")
     p.add_argument("--download", action="store_true", help="fetch Fashion-MNIST through torchvision if missing")
+    p.add_argument("--no-linear-probe", action="store_true",
+                   help="train LPT only (by default a linear probe on the same frozen backbone runs first)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     p.set_defaults(func=cmd_demo)
 

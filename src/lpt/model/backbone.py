@@ -18,6 +18,7 @@ import torch.nn as nn
 from timm.models import load_state_dict as timm_load_state_dict
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
 
+from lpt.model.bundled import BUNDLED, bundled_backbone
 from lpt.utils import log
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
@@ -32,7 +33,7 @@ class BackboneIdentity:
     """What a checkpoint records about the backbone its prompts were trained on."""
 
     name: str
-    source: str  # "timm-pretrained", "file" or "random"
+    source: str  # "timm-pretrained", "file", "bundled" (shipped with lpt) or "random"
     checkpoint: str = ""
     pretrained_tag: str = ""
     fingerprint: str = ""
@@ -99,15 +100,26 @@ def create_backbone(
     """Build a frozen, headless timm ViT and its identity.
 
     Args:
-        name: timm model name, ideally with its weights tag (``vit_base_patch16_224.augreg_in21k``).
-        pretrained: load timm's pretrained weights for ``name`` (hub download, cached).
-        checkpoint: local weights file (.safetensors, .pth, .npz); takes precedence over ``pretrained``.
+        name: timm model name, ideally with its weights tag (``vit_base_patch16_224.augreg_in21k``), or
+            a backbone bundled with lpt (``demo_vit_glyphs``, ``demo_vit_random``; lpt.model.bundled).
+        pretrained: load timm's pretrained weights for ``name`` (hub download, cached). A bundled name
+            decides its weights itself and ignores this.
+        checkpoint: local weights file (.safetensors, .pth, .npz); takes precedence over ``pretrained``
+            and over a bundled name's weights.
         layer_norm_eps: > 0 sets the eps of every LayerNorm after creation; 0 keeps timm's.
         **kwargs: passed to ``timm.create_model`` (img_size, patch_size, embed_dim, depth, ...).
     """
-    arch = name.split(".")[0]
+    bundle = bundled_backbone(name)
+    if bundle is not None:
+        clash = {k: v for k, v in kwargs.items() if k in bundle.args and bundle.args[k] != v}
+        if clash:
+            raise BackboneError(f"backbone '{name}' is fixed at {bundle.args}; drop the arguments {clash}")
+        kwargs = {**bundle.args, **kwargs}
+        pretrained = False  # never a hub download: the weights are in the package, or random by name
+    arch = bundle.arch if bundle is not None else name.split(".")[0]
     if not timm.is_model(arch):
-        raise BackboneError(f"unknown backbone '{name}'; see timm.list_models('vit_*') for valid names")
+        raise BackboneError(f"unknown backbone '{name}'; see timm.list_models('vit_*') for valid names, "
+                            f"or the bundled {', '.join(BUNDLED)}")
     if layer_norm_eps < 0:
         raise BackboneError(f"layer_norm_eps is {layer_norm_eps}; expected 0 (timm's default) or a positive number")
     path = Path(checkpoint) if checkpoint else None
@@ -116,9 +128,18 @@ def create_backbone(
             raise BackboneError(f"backbone checkpoint {path} does not exist")
         if path.suffix not in WEIGHT_SUFFIXES:
             raise BackboneError(f"backbone checkpoint {path}: expected one of {', '.join(WEIGHT_SUFFIXES)}")
-    source = "file" if path is not None else ("timm-pretrained" if pretrained else "random")
+    elif bundle is not None and bundle.weights:
+        path = bundle.weights_path()
+        if not path.is_file():
+            raise BackboneError(f"backbone '{name}': its weights {path} are missing from the lpt installation; "
+                                "reinstall lpt")
+    if path is None:
+        source = "timm-pretrained" if pretrained else "random"
+    else:
+        source = "file" if checkpoint else "bundled"
     try:
-        model = timm.create_model(name, num_classes=0, pretrained=pretrained and path is None, **kwargs)
+        model = timm.create_model(arch if bundle is not None else name, num_classes=0,
+                                  pretrained=pretrained and path is None, **kwargs)
         if path is not None:
             load_weights_file(model, path)
     except (RuntimeError, OSError, TypeError, KeyError, ValueError) as exc:
@@ -132,12 +153,17 @@ def create_backbone(
     model.requires_grad_(False)
     if source == "random":
         log.warning("BACKBONE '%s' IS RANDOMLY INITIALISED: no pretrained weights; results will be poor", name)
+    fingerprint = weights_fingerprint(model)
+    if source == "bundled" and fingerprint != bundle.fingerprint:
+        raise BackboneError(f"backbone '{name}': {path} has fingerprint {fingerprint}, its card says "
+                            f"{bundle.fingerprint}; the file is damaged or was replaced: reinstall lpt")
     identity = BackboneIdentity(
         name=name,
         source=source,
         checkpoint=str(checkpoint),
-        pretrained_tag="" if source == "random" else (getattr(model, "pretrained_cfg", {}).get("tag", "") or ""),
-        fingerprint=weights_fingerprint(model),
+        pretrained_tag=(getattr(model, "pretrained_cfg", {}).get("tag", "") or "") if source == "timm-pretrained"
+        else "",
+        fingerprint=fingerprint,
         args=dict(kwargs),
     )
     return model, identity
