@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lpt.config import ConfigError, DataConfig
+from lpt.config import ConfigError, DataConfig, load_config
 from lpt.data import (
     ArrayImageDataset, ClassBalancedSampler, InstanceSampler, build_datasets, build_train_stream, build_transform,
     class_counts, longtail_counts, longtail_indices, read_list_file,
@@ -389,6 +389,26 @@ def test_eval_transform_resizes_then_centre_crops(test_resize, border_seen):
     x = build_transform(cfg, train=False)(Image.fromarray(img))
     assert x.shape == (3, 16, 16)
     assert bool(x.max() > 0.5) == border_seen  # test_resize 0 or < img_size resizes to img_size: frame kept
+
+
+def test_eval_resize_modes_match_torchvision_on_a_wide_image():
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2 as T
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (24, 60, 3), dtype=np.uint8))  # 60 wide, 24 tall
+
+    def reference(resize):
+        geometry = T.Compose([T.Resize(resize, interpolation=InterpolationMode.BICUBIC, antialias=True),
+                              T.CenterCrop(16)])
+        return (T.functional.to_dtype(T.functional.to_image(geometry(img)), torch.float32, scale=True) - 0.5) / 0.5
+
+    shorter = build_transform(DataConfig(img_size=16, test_resize=20), train=False)(img)
+    square = build_transform(DataConfig(img_size=16, test_resize=20, test_resize_mode="square"), train=False)(img)
+    torch.testing.assert_close(shorter, reference(20))  # 60x24 -> 50x20, centre 16x16: the middle of the image
+    torch.testing.assert_close(square, reference((20, 20)))  # 60x24 -> 20x20 squeezed, as the official script
+    assert (shorter - square).abs().max() > 0.1
+    with pytest.raises(ConfigError, match="data.test_resize_mode.*shorter, square"):
+        load_config("demo", ["data.test_resize_mode=stretch"])
 
 
 # ----------------------------------------------------------------------------- samplers

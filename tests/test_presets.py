@@ -66,7 +66,8 @@ def test_lpt_presets_carry_the_paper_settings(name):
     cfg = load_config(name)
     d, m, lo = cfg.data, cfg.model, cfg.loss
     assert m.backbone == "vit_base_patch16_224.augreg_in21k" and m.pretrained
-    assert (d.img_size, d.test_resize, d.mean, d.std, d.train_aug) == (224, 256, [0.5] * 3, [0.5] * 3, "rrc_flip")
+    assert (d.img_size, d.test_resize, d.test_resize_mode) == (224, 256, "square")  # script: Resize((256, 256))
+    assert (d.mean, d.std, d.train_aug) == ([0.5] * 3, [0.5] * 3, "rrc_flip")
     assert (m.prompt_len, m.pool_size, m.split_block, m.top_k, m.head, m.query) == (10, 20, 6, 2, "cosine", "shared")
     assert (lo.name, lo.margin, lo.scale, lo.noise_mul, lo.eta) == ("agcl", 0.1, 20.0, 0.5, 0.5)
     assert cfg.method == "lpt" and cfg.phases == ["phase1", "phase2"]

@@ -37,7 +37,8 @@ class DataConfig:
     max_per_class: int = 0  # n_max of the long-tail profile; 0 = size of the largest class
     subsample_seed: int = 0  # seed of the per-class shuffle that picks the kept images
     img_size: int = 224  # training and evaluation crop
-    test_resize: int = 256  # resize of the shorter side before the centre crop at evaluation
+    test_resize: int = 256  # resize before the centre crop at evaluation (see test_resize_mode)
+    test_resize_mode: str = "shorter"  # shorter: shorter side to test_resize | square: test_resize x test_resize
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     train_aug: str = "rrc_flip"  # rrc_flip | crop_flip | none
@@ -123,6 +124,7 @@ CHOICES = {
     "model.query": ("shared", "plain"),
     "method": ("lpt", "lpt_joint", "vpt", "linear", "full"),
     "data.train_aug": ("rrc_flip", "crop_flip", "none"),
+    "data.test_resize_mode": ("shorter", "square"),
     "loss.name": ("agcl", "gcl", "ce"),
     "phase1.sampling": ("dual", "instance", "balanced"),
     "phase2.sampling": ("dual", "instance", "balanced"),

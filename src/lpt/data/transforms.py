@@ -21,12 +21,14 @@ def _train_geometry(cfg: DataConfig) -> list[v2.Transform]:
         return [v2.Resize(size, interpolation=BICUBIC, antialias=True), v2.RandomCrop(size, padding=size // 8),
                 v2.RandomHorizontalFlip()]
     if cfg.train_aug == "none":
-        return _eval_geometry(size, size)
+        return _eval_geometry(size, size, "shorter")
     raise ConfigError(f"config key 'data.train_aug' is {cfg.train_aug!r}; expected one of rrc_flip, crop_flip, none")
 
 
-def _eval_geometry(resize: int, size: int) -> list[v2.Transform]:
-    return [v2.Resize(max(resize, size), interpolation=BICUBIC, antialias=True), v2.CenterCrop(size)]
+def _eval_geometry(resize: int, size: int, mode: str) -> list[v2.Transform]:
+    side = max(resize, size)
+    return [v2.Resize(side if mode == "shorter" else (side, side), interpolation=BICUBIC, antialias=True),
+            v2.CenterCrop(size)]
 
 
 def build_transform(cfg: DataConfig, train: bool) -> v2.Compose:
@@ -35,17 +37,19 @@ def build_transform(cfg: DataConfig, train: bool) -> v2.Compose:
     Training: ``rrc_flip`` (RandomResizedCrop + horizontal flip), ``crop_flip`` (resize the short
     side to img_size, RandomCrop with padding img_size // 8, flip) or ``none`` (resize + centre
     crop). Evaluation: resize the short side to ``test_resize`` (img_size when test_resize is 0
-    or smaller than img_size), then centre-crop img_size. Both end with scaling to [0, 1] and
+    or smaller than img_size), keeping the aspect ratio, or with ``test_resize_mode=square`` the
+    whole image to test_resize x test_resize, as the published LPT script does; then centre-crop
+    img_size. The two agree on square images (Places365-Standard, CIFAR). Both end with scaling to [0, 1] and
     ``Normalize(mean, std)``.
 
     Args:
-        cfg: data configuration (img_size, test_resize, train_aug, mean, std).
+        cfg: data configuration (img_size, test_resize, test_resize_mode, train_aug, mean, std).
         train: training (random) or evaluation (deterministic) transform.
 
     Returns:
         A callable mapping an RGB PIL image to a float32 tensor [3, img_size, img_size].
     """
-    geometry = _train_geometry(cfg) if train else _eval_geometry(cfg.test_resize, cfg.img_size)
+    geometry = _train_geometry(cfg) if train else _eval_geometry(cfg.test_resize, cfg.img_size, cfg.test_resize_mode)
     return v2.Compose([
         *geometry,  # on the PIL image
         v2.ToImage(),
