@@ -142,3 +142,13 @@ def test_demo_prints_linear_probe_and_both_lpt_phases(tmp_path, tiny_overrides, 
     assert rows[2].split(" | ")[1] == f"{lpt_run['phases']['phase2']['overall']:.2f}"
     assert main(["--quiet", "demo", "--no-linear-probe", "--out", str(tmp_path / "lpt_only"), *tiny_overrides]) == 0
     assert not (tmp_path / "lpt_only" / "linear_probe").exists()
+
+
+def test_compile_option_compiles_the_model_it_trains(tmp_path, tiny_overrides, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(lpt.LPT, "compile_forwards", lambda self, **options: compiled.append(self))
+    overrides = [*tiny_overrides, "phases=[phase1]", "phase1.epochs=1"]
+    assert main(["--quiet", "train", "--config", "demo", "--out", str(tmp_path / "plain"), *overrides]) == 0
+    assert compiled == []
+    assert main(["--quiet", "train", "--config", "demo", "--out", str(tmp_path / "c"), *overrides, "compile=true"]) == 0
+    assert len(compiled) == 1 and isinstance(compiled[0], lpt.LPT)

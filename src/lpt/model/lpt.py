@@ -192,6 +192,14 @@ class LPT(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_train(images)["logits"]
 
+    def compile_forwards(self, **options) -> None:
+        """``torch.compile`` the two entry points training and evaluation call (``forward_train``,
+        ``forward_features``; ``nn.Module.compile`` would cover only ``__call__``). On an H100 this made
+        LPT phase-2 training 1.36x and evaluation 1.23x faster (bench/results/h100-2026-11-23); the first
+        steps of each phase pay the compilation."""
+        self.forward_features = torch.compile(self.forward_features, **options)
+        self.forward_train = torch.compile(self.forward_train, **options)
+
     @torch.no_grad()
     def match(self, images: torch.Tensor) -> torch.Tensor:
         """Indices ``[B, k]`` of the groups selected for each image, most similar first."""
