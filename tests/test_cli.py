@@ -11,6 +11,9 @@ from PIL import Image
 import lpt
 from lpt.cli import main
 from lpt.engine.checkpoint import CheckpointError
+from lpt.config import load_config
+from lpt.engine.runner import build_model, load_checkpoint_into
+from lpt.model.lpt import GROUP_PROMPTS
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +79,21 @@ def test_phase2_alone_starts_from_a_phase1_run(trained_run, tiny_overrides, tmp_
                  f"init={trained_run}"]) == 0
     first = lpt.load_run(trained_run).model.shared_prompt
     assert torch.equal(lpt.load_run(out).model.shared_prompt, first)  # phase 2 leaves the shared prompt frozen
+
+
+def test_phase2_from_a_run_with_another_pool_size_keeps_phase1_and_starts_fresh_groups(trained_run, tiny_overrides,
+                                                                                        tmp_path):
+    overrides = [*tiny_overrides, "model.pool_size=6", "model.top_k=3"]  # the init run has m = 4
+    model, identity = build_model(load_config("demo", overrides), 10)
+    untrained = model.pool.prompts.detach().clone()
+    load_checkpoint_into(model, identity, trained_run / "model.safetensors", skip=(GROUP_PROMPTS,))
+    source = lpt.load_run(trained_run).model
+    assert torch.equal(model.shared_prompt, source.shared_prompt) and torch.equal(model.head.weight, source.head.weight)
+    assert torch.equal(model.pool.prompts, untrained)
+    assert main(["--quiet", "train", "--config", "demo", "--out", str(tmp_path / "m6"), *overrides, "phases=[phase2]",
+                 f"init={trained_run}"]) == 0
+    run = lpt.load_run(tmp_path / "m6").model
+    assert run.pool.prompts.shape[0] == 6 and torch.equal(run.shared_prompt, source.shared_prompt)
 
 
 def test_checkpoint_on_another_backbone_is_refused(trained_run, tmp_path):

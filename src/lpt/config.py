@@ -112,7 +112,7 @@ class Config:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on GPU)
     compile: bool = False  # torch.compile the model's forwards (GPU: LPT phase-2 training 1.36x faster on an H100)
     eval_batch_size: int = 256
-    init: str = ""  # run directory whose trained tensors start this run (phase 2 alone needs phase 1's)
+    init: str = ""  # run directory whose phase-1 tensors (shared prompt, classifier) start this run (phases=[phase2])
     checkpoint_every: int = 0  # > 0: save a resumable state every this many steps (always at epoch ends)
     deterministic: bool = False  # deterministic algorithms only: identical reruns and resumed runs on CPU
     progress: bool = True  # progress bar on an interactive terminal

@@ -32,6 +32,7 @@ from lpt.engine.evaluate import extract_features, predict
 from lpt.engine.methods import LinearProbe, build_method, stream_losses
 from lpt.engine.trainer import TensorBoardLog, train_phase
 from lpt.model import LPT, BackboneIdentity, create_backbone
+from lpt.model.lpt import GROUP_PROMPTS
 from lpt.utils import atomic_write_json, atomic_write_text, log, resolve_device, seed_everything
 
 CHECKPOINT = "model.safetensors"
@@ -62,8 +63,10 @@ def build_model(cfg: Config, num_classes: int) -> tuple[LPT, BackboneIdentity]:
     return model, identity
 
 
-def load_checkpoint_into(model: LPT, identity: BackboneIdentity, path: Path) -> dict[str, Any]:
-    """Load a run's trained tensors onto ``model``, refusing a different backbone; returns the metadata."""
+def load_checkpoint_into(model: LPT, identity: BackboneIdentity, path: Path,
+                         skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load a run's trained tensors onto ``model`` (all but those named with a prefix in ``skip``), refusing a
+    different backbone; returns the metadata."""
     tensors, meta = read_checkpoint(path)
     theirs = meta.get("backbone", {})
     if theirs.get("fingerprint") != identity.fingerprint:
@@ -72,7 +75,7 @@ def load_checkpoint_into(model: LPT, identity: BackboneIdentity, path: Path) -> 
             f"{theirs.get('fingerprint')}), not on {identity.name} ({identity.source}, "
             f"fingerprint {identity.fingerprint})"
         )
-    load_trained(model, tensors, str(path))
+    load_trained(model, tensors, str(path), skip)
     model.set_phase(int(meta.get("phase", 1)))
     return meta
 
@@ -206,8 +209,8 @@ def _set_up_training(cfg: Config, out_dir: Path, resume: bool, device: torch.dev
     if state is not None:
         load_trained(model, state[0], str(out_dir / RESUME_FILE))
         state[2]()  # RNG states of the moment the run stopped
-    elif cfg.init:
-        load_checkpoint_into(model, identity, Path(cfg.init) / CHECKPOINT)
+    elif cfg.init:  # phase 1's tensors only: group prompts and keys start fresh, whatever m or k the run uses
+        load_checkpoint_into(model, identity, Path(cfg.init) / CHECKPOINT, skip=(GROUP_PROMPTS,))
     model.to(device)
     if cfg.compile:
         model.compile_forwards()

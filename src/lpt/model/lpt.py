@@ -25,6 +25,8 @@ def _trunc_normal(*shape: int) -> nn.Parameter:
     return nn.Parameter(nn.init.trunc_normal_(torch.empty(*shape), std=0.02))
 
 
+GROUP_PROMPTS = "pool."  # state-dict prefix of the group prompts and their keys (phase 2)
+
 class GroupPromptPool(nn.Module):
     """``m`` group prompts for the last ``L - K`` blocks, each with a key in feature space.
 
