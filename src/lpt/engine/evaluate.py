@@ -43,18 +43,19 @@ def predict(
     indices = list(range(dist.rank, len(dataset), dist.world_size))
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
+    # results stay on the device until the end: no host synchronisation per batch
     parts: dict[str, list[torch.Tensor]] = {"preds": [], "labels": [], "top5": [], "groups": []}
     for images, labels in tqdm(loader, desc=desc, disable=not progress or None, leave=False, mininterval=2.0):
         with autocast(device, precision):
             out = model.forward_train(images.to(device, non_blocking=True))
         logits = out["logits"].float()
-        parts["preds"].append(logits.argmax(1).cpu())
-        parts["top5"].append(logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu())
+        parts["preds"].append(logits.argmax(1))
+        parts["top5"].append(logits.topk(min(5, logits.shape[1]), dim=1).indices)
         parts["labels"].append(labels)
         if "groups" in out:
-            parts["groups"].append(out["groups"].cpu())
+            parts["groups"].append(out["groups"])
     model.train(was_training)
-    local = {k: torch.cat(v).numpy() for k, v in parts.items() if v}
+    local = {k: torch.cat(v).cpu().numpy() for k, v in parts.items() if v}
     local["index"] = np.asarray(indices, dtype=np.int64)
     gathered = dist.all_gather(local)
     order = np.argsort(np.concatenate([g["index"] for g in gathered]), kind="stable")
@@ -81,10 +82,11 @@ def extract_features(model: LPT, dataset: Dataset, *, device: torch.device, batc
     """The model's current-phase features of every image, once (for the linear probe)."""
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
     feats = []
     for images, _ in tqdm(loader, desc="features", disable=not progress or None, leave=False, mininterval=2.0):
         with autocast(device, precision):
-            feats.append(model.forward_features(images.to(device))["feature"].float())
+            feats.append(model.forward_features(images.to(device, non_blocking=True))["feature"].float())
     model.train(was_training)
     return FeatureDataset(torch.cat(feats), dataset.targets)
