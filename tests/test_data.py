@@ -407,6 +407,10 @@ def test_eval_resize_modes_match_torchvision_on_a_wide_image():
     torch.testing.assert_close(shorter, reference(20))  # 60x24 -> 50x20, centre 16x16: the middle of the image
     torch.testing.assert_close(square, reference((20, 20)))  # 60x24 -> 20x20 squeezed, as the official script
     assert (shorter - square).abs().max() > 0.1
+    official = T.Compose([T.Resize((20, 20)), T.CenterCrop(16)])  # eval_phase2.py's, interpolation by default
+    expected = (T.functional.to_dtype(T.functional.to_image(official(img)), torch.float32, scale=True) - 0.5) / 0.5
+    cfg = DataConfig(img_size=16, test_resize=20, test_resize_mode="square", interpolation="bilinear")
+    torch.testing.assert_close(build_transform(cfg, train=False)(img), expected)
     with pytest.raises(ConfigError, match="data.test_resize_mode.*shorter, square"):
         load_config("demo", ["data.test_resize_mode=stretch"])
 

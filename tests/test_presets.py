@@ -67,6 +67,7 @@ def test_lpt_presets_carry_the_paper_settings(name):
     d, m, lo = cfg.data, cfg.model, cfg.loss
     assert m.backbone == "vit_base_patch16_224.augreg_in21k" and m.pretrained
     assert (d.img_size, d.test_resize, d.test_resize_mode) == (224, 256, "square")  # script: Resize((256, 256))
+    assert d.interpolation == "bilinear"  # the script's transforms use torchvision's default
     assert (d.mean, d.std, d.train_aug) == ([0.5] * 3, [0.5] * 3, "rrc_flip")
     assert (m.prompt_len, m.pool_size, m.split_block, m.top_k, m.head, m.query) == (10, 20, 6, 2, "cosine", "shared")
     assert (lo.name, lo.margin, lo.scale, lo.noise_mul, lo.eta) == ("agcl", 0.1, 20.0, 0.5, 0.5)

@@ -39,6 +39,7 @@ class DataConfig:
     img_size: int = 224  # training and evaluation crop
     test_resize: int = 256  # resize before the centre crop at evaluation (see test_resize_mode)
     test_resize_mode: str = "shorter"  # shorter: shorter side to test_resize | square: test_resize x test_resize
+    interpolation: str = "bicubic"  # bicubic (timm's ViT configs) | bilinear (torchvision's default)
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     train_aug: str = "rrc_flip"  # rrc_flip | crop_flip | none
@@ -126,6 +127,7 @@ CHOICES = {
     "method": ("lpt", "lpt_joint", "vpt", "linear", "full"),
     "data.train_aug": ("rrc_flip", "crop_flip", "none"),
     "data.test_resize_mode": ("shorter", "square"),
+    "data.interpolation": ("bicubic", "bilinear"),
     "loss.name": ("agcl", "gcl", "ce"),
     "phase1.sampling": ("dual", "instance", "balanced"),
     "phase2.sampling": ("dual", "instance", "balanced"),

@@ -1,6 +1,7 @@
 """Image transforms: RGB PIL image in, normalised float32 tensor [3, img_size, img_size] out.
 
-Resizing is bicubic, the interpolation of timm's pretrained ViT configurations.
+Resizing is bicubic by default, the interpolation of timm's pretrained ViT configurations;
+``data.interpolation=bilinear`` gives torchvision's default, which the published LPT scripts use.
 """
 
 from __future__ import annotations
@@ -10,24 +11,24 @@ from torchvision.transforms import InterpolationMode, v2
 
 from lpt.config import ConfigError, DataConfig
 
-BICUBIC = InterpolationMode.BICUBIC
+INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
 
 def _train_geometry(cfg: DataConfig) -> list[v2.Transform]:
-    size = cfg.img_size
+    size, how = cfg.img_size, INTERPOLATION[cfg.interpolation]
     if cfg.train_aug == "rrc_flip":
-        return [v2.RandomResizedCrop(size, interpolation=BICUBIC, antialias=True), v2.RandomHorizontalFlip()]
+        return [v2.RandomResizedCrop(size, interpolation=how, antialias=True), v2.RandomHorizontalFlip()]
     if cfg.train_aug == "crop_flip":  # for small images (CIFAR, Fashion-MNIST): upsample, pad-and-crop
-        return [v2.Resize(size, interpolation=BICUBIC, antialias=True), v2.RandomCrop(size, padding=size // 8),
+        return [v2.Resize(size, interpolation=how, antialias=True), v2.RandomCrop(size, padding=size // 8),
                 v2.RandomHorizontalFlip()]
     if cfg.train_aug == "none":
-        return _eval_geometry(size, size, "shorter")
+        return _eval_geometry(size, size, "shorter", how)
     raise ConfigError(f"config key 'data.train_aug' is {cfg.train_aug!r}; expected one of rrc_flip, crop_flip, none")
 
 
-def _eval_geometry(resize: int, size: int, mode: str) -> list[v2.Transform]:
+def _eval_geometry(resize: int, size: int, mode: str, how: InterpolationMode) -> list[v2.Transform]:
     side = max(resize, size)
-    return [v2.Resize(side if mode == "shorter" else (side, side), interpolation=BICUBIC, antialias=True),
+    return [v2.Resize(side if mode == "shorter" else (side, side), interpolation=how, antialias=True),
             v2.CenterCrop(size)]
 
 
@@ -43,13 +44,13 @@ def build_transform(cfg: DataConfig, train: bool) -> v2.Compose:
     ``Normalize(mean, std)``.
 
     Args:
-        cfg: data configuration (img_size, test_resize, test_resize_mode, train_aug, mean, std).
+        cfg: data configuration (img_size, test_resize, test_resize_mode, interpolation, train_aug, mean, std).
         train: training (random) or evaluation (deterministic) transform.
 
     Returns:
         A callable mapping an RGB PIL image to a float32 tensor [3, img_size, img_size].
     """
-    geometry = _train_geometry(cfg) if train else _eval_geometry(cfg.test_resize, cfg.img_size, cfg.test_resize_mode)
+    geometry = _train_geometry(cfg) if train else _eval_geometry(cfg.test_resize, cfg.img_size, cfg.test_resize_mode, INTERPOLATION[cfg.interpolation])
     return v2.Compose([
         *geometry,  # on the PIL image
         v2.ToImage(),
