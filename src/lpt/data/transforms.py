@@ -50,7 +50,10 @@ def build_transform(cfg: DataConfig, train: bool) -> v2.Compose:
     Returns:
         A callable mapping an RGB PIL image to a float32 tensor [3, img_size, img_size].
     """
-    geometry = _train_geometry(cfg) if train else _eval_geometry(cfg.test_resize, cfg.img_size, cfg.test_resize_mode, INTERPOLATION[cfg.interpolation])
+    if train:
+        geometry = _train_geometry(cfg)
+    else:
+        geometry = _eval_geometry(cfg.test_resize, cfg.img_size, cfg.test_resize_mode, INTERPOLATION[cfg.interpolation])
     return v2.Compose([
         *geometry,  # on the PIL image
         v2.ToImage(),
