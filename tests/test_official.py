@@ -3,6 +3,7 @@ re-implementation of the official forward, the CLI run directory, key handling a
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -153,7 +154,7 @@ def test_cli_import_gives_a_run_that_loads_and_evaluates(state, images, tmp_path
     m = cfg["model"]
     assert (m["prompt_len"], m["pool_size"], m["split_block"], m["top_k"]) == (P, M, K, 2)
     assert m["layer_norm_eps"] == 1e-5 and m["pretrained"] is False and m["backbone_args"] == ARCH
-    assert m["checkpoint"] == str((out / "backbone.safetensors").resolve())
+    assert m["checkpoint"] == "backbone.safetensors"  # inside the run directory: the directory can move
     from safetensors.torch import load_file
     backbone = load_file(out / "backbone.safetensors")
     assert set(backbone) == {k for k in state if not k.startswith("prompt_learner.")}
@@ -164,6 +165,9 @@ def test_cli_import_gives_a_run_that_loads_and_evaluates(state, images, tmp_path
     assert meta["phase"] == 2 and meta["num_classes"] == C and meta["model"] == m
     assert torch.equal(tensors["head.weight"], state["prompt_learner.head.weight"].t())
 
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(out, moved)
+    assert lpt.load_run(moved).identity.fingerprint == meta["backbone"]["fingerprint"]
     run = lpt.load_run(out)
     assert run.model.phase == 2 and not run.model.training
     assert run.identity.fingerprint == meta["backbone"]["fingerprint"]

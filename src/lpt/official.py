@@ -329,8 +329,8 @@ def import_official(
 ) -> Path:
     """Turn an official LPT checkpoint into an lpt run directory that ``lpt eval`` and ``lpt.load_run`` load.
 
-    Writes ``backbone.safetensors`` (the checkpoint's ViT weights, which ``model.checkpoint`` names by
-    absolute path), ``config.yaml`` (phase 1 and 2 of method lpt, sizes from the tensors,
+    Writes ``backbone.safetensors`` (the checkpoint's ViT weights, which ``model.checkpoint`` names
+    relative to the run directory, so the directory can be moved), ``config.yaml`` (phase 1 and 2 of method lpt, sizes from the tensors,
     ``layer_norm_eps: 1e-5``), ``classes.json``, ``model.safetensors`` (phase 2, lpt's checkpoint
     format) and ``run.json`` (where it came from).
 
@@ -353,7 +353,7 @@ def import_official(
     Returns:
         ``out_dir``.
     """
-    from lpt.engine.runner import CHECKPOINT, build_model  # runner imports the whole engine
+    from lpt.engine.runner import CHECKPOINT, build_model, resolve_run_checkpoint  # runner imports the whole engine
 
     path, out_dir = Path(path), Path(out_dir)
     if (train_list is None) == (train_counts_file is None):
@@ -365,9 +365,9 @@ def import_official(
     c = layout.num_classes
     counts = train_counts_from_list(train_list, c) if train_list else read_train_counts(train_counts_file, c)
     classes = read_class_names(classes_file, c) if classes_file else [str(i) for i in range(c)]
-    backbone_file = (out_dir / BACKBONE_FILE).resolve()
+    backbone_file = out_dir / BACKBONE_FILE
     cfg = _run_config(config, list(overrides or []), {
-        "backbone": backbone, "pretrained": False, "checkpoint": str(backbone_file), "backbone_args": backbone_args,
+        "backbone": backbone, "pretrained": False, "checkpoint": BACKBONE_FILE, "backbone_args": backbone_args,
         "prompt_len": layout.prompt_len, "pool_size": layout.pool_size, "split_block": layout.split_block,
         "top_k": top_k, "feature_dropout": 0.1, "head": "cosine", "prompt_depth": "deep", "query": "shared",
         "layer_norm_eps": OFFICIAL_LAYER_NORM_EPS,
@@ -378,7 +378,7 @@ def import_official(
     save_config(cfg, out_dir / "config.yaml")
     atomic_write_json(out_dir / "classes.json", {"classes": classes, "train_counts": counts})
     # The identity (fingerprint) is that of the backbone exactly as load_run rebuilds it from the file.
-    rebuilt, identity = build_model(cfg, c)
+    rebuilt, identity = build_model(resolve_run_checkpoint(cfg, out_dir), c)
     for key, value in rebuilt.backbone.state_dict().items():
         if not torch.equal(value, vit_state[key]):
             raise OfficialCheckpointError(f"{backbone_file}: timm changed '{key}' on loading; the import is not exact")

@@ -325,7 +325,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not an lpt run directory (no config.yaml)")
-    cfg = from_dict(read_yaml(run_dir / "config.yaml"))
+    cfg = resolve_run_checkpoint(from_dict(read_yaml(run_dir / "config.yaml")), run_dir)
     classes_file = run_dir / "classes.json"
     info = json.loads(classes_file.read_text()) if classes_file.is_file() else None
     if info is None:
@@ -334,6 +334,16 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     load_checkpoint_into(model, identity, run_dir / CHECKPOINT)
     model.to(device).eval()
     return Run(model, cfg, info["classes"], info["train_counts"], identity, run_dir)
+
+
+def resolve_run_checkpoint(cfg: Config, run_dir: Path) -> Config:
+    """A relative ``model.checkpoint`` that names a file inside the run directory is read from there (an
+    imported official run carries its backbone), so a run directory can be moved or copied whole."""
+    path = Path(cfg.model.checkpoint)
+    if cfg.model.checkpoint and not path.is_absolute() and (run_dir / path).is_file():
+        cfg = copy.deepcopy(cfg)
+        cfg.model.checkpoint = str(run_dir / path)
+    return cfg
 
 
 def with_data_overrides(cfg: Config, overrides: list[str] | None, command: str) -> Config:
