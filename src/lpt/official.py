@@ -331,8 +331,8 @@ def import_official(
 
     Writes ``backbone.safetensors`` (the checkpoint's ViT weights, which ``model.checkpoint`` names
     relative to the run directory, so the directory can be moved), ``config.yaml`` (phase 1 and 2 of
-    method lpt, sizes from the tensors, ``layer_norm_eps: 1e-5``), ``classes.json``, ``model.safetensors`` (phase 2, lpt's checkpoint
-    format) and ``run.json`` (where it came from).
+    method lpt, sizes from the tensors, ``layer_norm_eps: 1e-5``), ``classes.json``,
+    ``model.safetensors`` (phase 2, lpt's checkpoint format) and ``run.json`` (where it came from).
 
     Shot groups need the training count of every class, so exactly one of ``train_list`` (a
     ``relative/path label`` file whose labels are counted, e.g. Places_LT_train.txt) and
