@@ -4,9 +4,10 @@
 
 Writes ``--images`` JPEG files (quality 90, smooth random content with noise, like photographs in
 size and entropy rather than flat colour) and a list file, builds the Places-LT preset's training
-split over them with ``lpt.data.build_datasets`` (RandomResizedCrop 224 + flip, normalisation)
-and its dual-sampling stream with ``lpt.data.build_train_stream`` (``--workers`` processes per
-stream, so twice that in all), and times ``--steps`` steps after two of warm-up. One JSON line per
+split over them with ``lpt.data.build_datasets`` (RandomResizedCrop 224 + flip; uint8 batches,
+normalised later on the device as ``lpt train`` does, or float32 with ``--float``) and its
+dual-sampling stream with ``lpt.data.build_train_stream`` (``--workers`` processes per stream, so
+twice that in all), and times ``--steps`` steps after two of warm-up. One JSON line per
 worker count: images/s counts both batches of a step. This is the rate the GPU can be fed;
 compare it with bench/throughput.py's training rate.
 """
@@ -26,7 +27,7 @@ import torch
 from PIL import Image
 
 from lpt.config import load_config
-from lpt.data import build_datasets, build_train_stream
+from lpt.data import build_datasets, build_train_stream, build_transform
 
 
 def write_images(root: Path, count: int, size: tuple[int, int], classes: int, seed: int = 0) -> Path:
@@ -44,10 +45,11 @@ def write_images(root: Path, count: int, size: tuple[int, int], classes: int, se
     return root / "train.txt"
 
 
-def measure(root: Path, listing: Path, workers: int, batch: int, steps: int) -> dict:
+def measure(root: Path, listing: Path, workers: int, batch: int, steps: int, normalize: bool) -> dict:
     cfg = load_config("places_lt", [f"data.root={root}", f"data.train_list={listing}", f"data.test_list={listing}",
                                     f"data.num_workers={workers}"])
     splits = build_datasets(cfg.data)
+    splits.train.transform = build_transform(cfg.data, train=True, normalize=normalize)  # uint8: as lpt train does
     stream = build_train_stream(splits.train, "dual", batch, cfg.data.samples_per_class, workers, cfg.seed,
                                 rank=0, world_size=1, pin_memory=torch.cuda.is_available())
     times, images, epoch = [], 0, 0
@@ -66,7 +68,8 @@ def measure(root: Path, listing: Path, workers: int, batch: int, steps: int) -> 
         if step >= 2:
             times.append(time.perf_counter() - start)
             images += sum(len(y) for _, y in batches.values())
-    return {"workers_per_stream": workers, "batch": batch, "steps": steps,
+    return {"workers_per_stream": workers, "output": "float32" if normalize else "uint8", "batch": batch,
+            "steps": steps,
             "images_per_s": round(images / sum(times), 1),
             "median_step_ms": round(1000 * statistics.median(times), 1)}
 
@@ -79,6 +82,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--images", type=int, default=3000, help="JPEG files written (steps cycle through them)")
     p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--float", action="store_true",
+                   help="normalise in the loader processes (float32 batches) instead of lpt's uint8 batches")
     args = p.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,7 +91,7 @@ def main() -> None:
         listing = write_images(root, args.images, size, args.classes)
         mean_kb = sum(f.stat().st_size for f in (root / "img").iterdir()) / args.images / 1024
         for workers in args.workers:
-            result = measure(root, listing, workers, args.batch, args.steps)
+            result = measure(root, listing, workers, args.batch, args.steps, normalize=args.float)
             print(json.dumps({"size": args.size, "jpeg_kb": round(mean_kb, 1), "cpu_cores": os.cpu_count(),
                               **result}), flush=True)
 

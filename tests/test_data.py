@@ -415,6 +415,22 @@ def test_eval_resize_modes_match_torchvision_on_a_wide_image():
         load_config("demo", ["data.test_resize_mode=stretch"])
 
 
+@pytest.mark.parametrize("aug", ["rrc_flip", "crop_flip", "none"])
+def test_uint8_images_normalised_in_batch_equal_the_float_transform(aug):
+    from lpt.data.transforms import BatchNormalize
+
+    cfg = DataConfig(img_size=16, test_resize=20, train_aug=aug, mean=[0.1, 0.5, 0.9], std=[0.2, 0.5, 1.5])
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 256, (30, 45, 3), dtype=np.uint8)) for _ in range(4)]
+    torch.manual_seed(7)
+    floats = torch.stack([build_transform(cfg, train=True)(img) for img in images])
+    torch.manual_seed(7)  # the same random crops and flips
+    raw = torch.stack([build_transform(cfg, train=True, normalize=False)(img) for img in images])
+    assert raw.dtype == torch.uint8 and raw.shape == (4, 3, 16, 16)
+    assert torch.equal(BatchNormalize(cfg)(raw), floats)  # the same arithmetic, bit for bit
+    assert BatchNormalize(cfg)(floats) is floats
+
+
 # ----------------------------------------------------------------------------- samplers
 
 

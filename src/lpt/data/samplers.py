@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -169,6 +169,7 @@ class TrainStream:
     def __init__(self, loaders: dict[str, DataLoader], iterations: int):
         self.loaders, self.iterations = loaders, iterations
         self.start_step = 0
+        self.finish: Callable[[torch.Tensor], torch.Tensor] | None = None  # on the device, e.g. BatchNormalize
 
     def __len__(self) -> int:
         return self.iterations

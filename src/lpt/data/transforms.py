@@ -32,7 +32,7 @@ def _eval_geometry(resize: int, size: int, mode: str, how: InterpolationMode) ->
             v2.CenterCrop(size)]
 
 
-def build_transform(cfg: DataConfig, train: bool) -> v2.Compose:
+def build_transform(cfg: DataConfig, train: bool, normalize: bool = True) -> v2.Compose:
     """The training or evaluation transform of a data configuration.
 
     Training: ``rrc_flip`` (RandomResizedCrop + horizontal flip), ``crop_flip`` (resize the short
@@ -46,18 +46,34 @@ def build_transform(cfg: DataConfig, train: bool) -> v2.Compose:
     Args:
         cfg: data configuration (img_size, test_resize, test_resize_mode, interpolation, train_aug, mean, std).
         train: training (random) or evaluation (deterministic) transform.
+        normalize: False stops at the uint8 image; :class:`BatchNormalize` then finishes batches on the
+            device, with the same arithmetic (loader processes do less work and move a quarter of the bytes).
 
     Returns:
-        A callable mapping an RGB PIL image to a float32 tensor [3, img_size, img_size].
+        A callable mapping an RGB PIL image to a float32 tensor [3, img_size, img_size] (uint8 with
+        ``normalize=False``).
     """
     if train:
         geometry = _train_geometry(cfg)
     else:
         geometry = _eval_geometry(cfg.test_resize, cfg.img_size, cfg.test_resize_mode, INTERPOLATION[cfg.interpolation])
+    finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(cfg.mean), std=list(cfg.std))]
     return v2.Compose([
         *geometry,  # on the PIL image
         v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(cfg.mean), std=list(cfg.std)),
+        *(finish if normalize else []),
         v2.ToPureTensor(),
     ])
+
+
+class BatchNormalize:
+    """The last two steps of :func:`build_transform` (scale to [0, 1], ``Normalize(mean, std)``) on a
+    uint8 batch [B, 3, H, W], wherever it lives; float batches pass through unchanged."""
+
+    def __init__(self, cfg: DataConfig):
+        self.mean, self.std = list(cfg.mean), list(cfg.std)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            return images
+        return v2.functional.normalize(v2.functional.to_dtype(images, torch.float32, scale=True), self.mean, self.std)

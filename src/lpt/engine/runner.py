@@ -24,6 +24,7 @@ from lpt import __version__
 from lpt.analysis.metrics import shot_accuracy
 from lpt.config import Config, ConfigError, PhaseConfig, apply_overrides, from_dict, read_yaml, save_config, to_dict
 from lpt.data import DataSplits, TrainStream, build_datasets, build_test_dataset, build_train_stream, build_transform
+from lpt.data.transforms import BatchNormalize
 from lpt.data.check import BadImage
 from lpt.engine.checkpoint import CheckpointError, load_trained, read_checkpoint, save_checkpoint
 from lpt.engine.resume import RESUME_FILE, StopRequest, load_resume, run_lock, save_resume
@@ -281,18 +282,22 @@ def _run_phase(run: _Training, index: int, phase_name: str, losses: torch.nn.Mod
 
 
 def _phase_stream(run: _Training, method: torch.nn.Module, pcfg: PhaseConfig) -> TrainStream:
-    """The phase's training batches: images, or for a linear probe the frozen model's features, computed once
-    and held in memory (so without loader workers or pinned memory)."""
-    train_set = run.splits.train
-    if isinstance(method, LinearProbe):
+    """The phase's training batches: uint8 images normalised on the device, or for a linear probe the frozen
+    model's features, computed once and held in memory (so without loader workers or pinned memory)."""
+    in_memory = isinstance(method, LinearProbe)
+    if in_memory:
         train_set = extract_features(run.model, with_eval_transform(run.splits.train, run.cfg), device=run.device,
                                      batch_size=run.cfg.eval_batch_size, precision=run.cfg.precision,
                                      num_workers=run.cfg.data.num_workers, progress=run.cfg.progress)
-    in_memory = train_set is not run.splits.train
-    return build_train_stream(train_set, pcfg.sampling, pcfg.batch_size, run.cfg.data.samples_per_class,
-                              0 if in_memory else run.cfg.data.num_workers, run.cfg.seed, rank=run.dist.rank,
-                              world_size=run.dist.world_size,
-                              pin_memory=run.device.type == "cuda" and not in_memory)
+    else:
+        train_set = copy.copy(run.splits.train)
+        train_set.transform = build_transform(run.cfg.data, train=True, normalize=False)
+    stream = build_train_stream(train_set, pcfg.sampling, pcfg.batch_size, run.cfg.data.samples_per_class,
+                                0 if in_memory else run.cfg.data.num_workers, run.cfg.seed, rank=run.dist.rank,
+                                world_size=run.dist.world_size,
+                                pin_memory=run.device.type == "cuda" and not in_memory)
+    stream.finish = None if in_memory else BatchNormalize(run.cfg.data)
+    return stream
 
 
 def _phase_summary(model: LPT, metrics: dict, records: list[dict]) -> dict:

@@ -137,6 +137,7 @@ def train_phase(
                     "loss_sum": loss_sum.item() if mid else 0.0, "correct": correct.item() if mid else 0,
                     "seen": seen if mid else 0}
 
+        finish = getattr(stream, "finish", None) or (lambda x: x)  # e.g. normalisation of uint8 images
         bar = tqdm(stream, desc=f"{desc} {epoch + 1}/{phase_cfg.epochs}", disable=not progress or None,
                    leave=False, mininterval=2.0, initial=first, total=steps_per_epoch)
         step = epoch * steps_per_epoch + first - 1
@@ -144,7 +145,7 @@ def train_phase(
             step = epoch * steps_per_epoch + i
             for group in opt.param_groups:
                 group["lr"] = lrs[step]
-            batches = {k: (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+            batches = {k: (finish(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
                        for k, (x, y) in batches.items()}
             opt.zero_grad(set_to_none=True)
             out = _forward_backward(method, model, batches, epoch, phase_cfg, scaler, device, precision, desc)
