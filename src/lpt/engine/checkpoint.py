@@ -53,7 +53,7 @@ def load_trained(module: nn.Module, tensors: dict[str, torch.Tensor], source: st
     """Load trained tensors strictly: every entry of ``module.trained_tensors()`` must be present and match,
     except those whose names start with a prefix in ``skip`` (left as they are, and ignored in ``tensors``)."""
     expected = {k: v for k, v in module.trained_tensors().items() if not k.startswith(skip)}
-    tensors = {k: v for k, v in tensors.items() if not k.startswith(skip)} if skip else tensors
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(skip)}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:

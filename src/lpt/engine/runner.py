@@ -290,8 +290,7 @@ def _phase_stream(run: _Training, method: torch.nn.Module, pcfg: PhaseConfig) ->
                                      batch_size=run.cfg.eval_batch_size, precision=run.cfg.precision,
                                      num_workers=run.cfg.data.num_workers, progress=run.cfg.progress)
     else:
-        train_set = copy.copy(run.splits.train)
-        train_set.transform = build_transform(run.cfg.data, train=True, normalize=False)
+        train_set = with_transform(run.splits.train, build_transform(run.cfg.data, train=True, normalize=False))
     stream = build_train_stream(train_set, pcfg.sampling, pcfg.batch_size, run.cfg.data.samples_per_class,
                                 0 if in_memory else run.cfg.data.num_workers, run.cfg.seed, rank=run.dist.rank,
                                 world_size=run.dist.world_size,
@@ -361,11 +360,16 @@ def with_data_overrides(cfg: Config, overrides: list[str] | None, command: str) 
     return from_dict(apply_overrides(to_dict(cfg), overrides))
 
 
+def with_transform(dataset, transform):
+    """A shallow copy of ``dataset`` (the same images and labels) that applies ``transform``."""
+    clone = copy.copy(dataset)
+    clone.transform = transform
+    return clone
+
+
 def with_eval_transform(dataset, cfg: Config):
     """The same images with the deterministic evaluation transform (features, not random crops)."""
-    clone = copy.copy(dataset)
-    clone.transform = build_transform(cfg.data, train=False)
-    return clone
+    return with_transform(dataset, build_transform(cfg.data, train=False))
 
 
 def evaluate_run(run_dir: str | Path, data_overrides: list[str] | None = None, device: str = "auto") -> dict:

@@ -28,7 +28,6 @@ class BundledBackbone:
     args: dict[str, Any] = field(default_factory=dict)
     weights: str = ""  # file name under lpt/weights; empty: random weights (seeded by the run)
     fingerprint: str = ""  # lpt.model.backbone.weights_fingerprint of the loaded weights (from the card)
-    summary: str = ""
 
     def weights_path(self) -> Path:
         return Path(str(resources.files("lpt") / "weights" / self.weights))
@@ -41,10 +40,8 @@ BUNDLED = {
     b.name: b
     for b in (
         BundledBackbone("demo_vit_glyphs", DEMO_ARCH, DEMO_ARGS, weights="demo_vit_glyphs.safetensors",
-                        fingerprint="2bb8a3b2cbde7f79",
-                        summary="demo ViT pretrained on 1,000 rendered glyph classes (98.2% held-out accuracy)"),
-        BundledBackbone("demo_vit_random", DEMO_ARCH, DEMO_ARGS,
-                        summary="the demo ViT's architecture with random weights (for comparison)"),
+                        fingerprint="2bb8a3b2cbde7f79"),  # pretrained on 1,000 rendered glyph classes
+        BundledBackbone("demo_vit_random", DEMO_ARCH, DEMO_ARGS),  # the same architecture, random weights
     )
 }
 

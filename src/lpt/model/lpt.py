@@ -27,6 +27,7 @@ def _trunc_normal(*shape: int) -> nn.Parameter:
 
 GROUP_PROMPTS = "pool."  # state-dict prefix of the group prompts and their keys (phase 2)
 
+
 class GroupPromptPool(nn.Module):
     """``m`` group prompts for the last ``L - K`` blocks, each with a key in feature space.
 
