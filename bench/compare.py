@@ -7,9 +7,9 @@ K = 6, k = 2) in phase 2 and times, interleaved within every repeat (the order a
 repeat to the next, so that slow drifts of a shared machine hit both alike):
 
 - eval: one no-grad forward of a batch (``model.forward_train`` in eval mode, as
-  ``lpt.engine.evaluate.predict`` calls it) against ``naive_forward_train``;
+  ``lpt.evaluation.evaluate`` calls it) against ``naive_forward_train``;
 - train: one phase-2 training step of dual sampling, a class-balanced and an instance-balanced batch
-  of ``--batch`` images each, through ``lpt.engine.methods.LPTPhase`` (A-GCL of both streams, key
+  of ``--batch`` images each, through lpt's LPT method, ``lpt.methods.lpt`` (A-GCL of both streams, key
   loss) or the same method on the naive forward, then backward and an SGD step.
 
 A speedup is naive time / lpt time; each repeat gives one ratio and the median over repeats is
@@ -32,10 +32,10 @@ import time
 from collections.abc import Callable
 
 import torch
-from naive import NaiveLPTPhase, naive_forward_train  # bench/naive.py, beside this file
+from naive import NaiveLPTMethod, naive_forward_train  # bench/naive.py, beside this file
 
 from lpt.config import Config
-from lpt.engine.methods import LPTPhase, stream_losses
+from lpt.methods import Method, get_method
 from lpt.model import LPT, create_backbone
 
 
@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     model = LPT(backbone, args.classes).to(device)
     model.set_phase(2)
     counts = [max(1, int(500 * 100 ** (-i / (args.classes - 1)))) for i in range(args.classes)]
-    losses = stream_losses(Config(), counts).to(device)
     gen = torch.Generator().manual_seed(args.seed)
     batches = {s: (torch.randn(args.batch, 3, args.img, args.img, generator=gen).to(device),
                    torch.randint(0, args.classes, (args.batch,), generator=gen).to(device))
@@ -99,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 forward(images)
         return run
 
-    def train_fn(method: LPTPhase) -> Callable[[], None]:
-        params = method.prepare(model)
+    def train_fn(method: Method) -> Callable[[], None]:
+        method.to(device)
+        params = method.prepare(model, "phase2")
         opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
 
         def run() -> None:
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = {
         "eval_lpt": eval_fn(model.forward_train), "eval_naive": eval_fn(lambda x: naive_forward_train(model, x)),
-        "train_lpt": train_fn(LPTPhase(2, losses, 0.5)), "train_naive": train_fn(NaiveLPTPhase(2, losses, 0.5)),
+        "train_lpt": train_fn(get_method("lpt")(Config(), counts)),
+        "train_naive": train_fn(NaiveLPTMethod(Config(), counts)),
     }
     load_start = os.getloadavg()[0]
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in cases}

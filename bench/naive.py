@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from lpt.engine.methods import LPTPhase
+from lpt.methods.lpt import LPT as LPTMethod
 from lpt.model import LPT
 from lpt.model.prompted_vit import embed, pooled_feature
 
@@ -46,10 +46,10 @@ def naive_forward_train(model: LPT, images: torch.Tensor) -> dict[str, torch.Ten
     return {"feature": feature, "query": query, "groups": groups, "key_sim": key_sim, "logits": logits}
 
 
-class NaiveLPTPhase(LPTPhase):
-    """``lpt.engine.methods.LPTPhase`` (same losses, same dual-sampling weights) on the naive forward."""
+class NaiveLPTMethod(LPTMethod):
+    """lpt's LPT method (``lpt.methods.lpt``: same losses, same dual-sampling weights) on the naive forward."""
 
     def logits(self, model: LPT, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.phase != 2:
+        if model.phase != 2:
             raise ValueError("the naive yardstick covers phase 2 only")
         return naive_forward_train(model, inputs)

@@ -3,11 +3,11 @@
     python bench/throughput.py --method {linear,vpt,lpt1,lpt2,full} --mode {train,eval} \
         --backbone vit_base_patch16_224 --img 224 --batch 64 --device {cpu,cuda} --precision {fp32,bf16} [--compile]
 
-The model is the library's own (``lpt.engine.runner.build_model``) built from the method's Places-LT
+The model is the library's own (``lpt.run.load.build_run_model``) built from the method's Places-LT
 preset (head, loss, dropout, sampling as in a real run), on the named timm architecture with random
 weights (``pretrained=False``) and random images already on the device, so data loading is not
-measured. A train step is what ``lpt.engine.trainer.train_phase`` does per iteration: the method's
-forward and loss (``lpt.engine.methods``), backward, SGD step; lpt1 and lpt2 use dual sampling, so a
+measured. A train step is what ``lpt.engine.step.TrainStep`` does per iteration: the method's
+forward and loss (``lpt.methods``), backward, SGD step; lpt1 and lpt2 use dual sampling, so a
 step takes two batches of ``--batch`` images (class-balanced + instance-balanced), the baselines one.
 The linear probe's step includes the frozen forward that gives its features (lpt caches those once
 per run, so this is its cost per image when the features are computed).
@@ -35,8 +35,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from lpt.config import load_config
-from lpt.engine.methods import LinearProbe, build_method, stream_losses
-from lpt.engine.runner import build_model
+from lpt.methods import get_method
+from lpt.run.load import build_run_model
 
 # method -> (preset, phase)
 METHODS = {
@@ -109,11 +109,10 @@ def build(args: argparse.Namespace):
     pcfg = getattr(cfg, f"phase{phase}")
     device = torch.device(args.device)
     counts = longtail_counts(args.classes)
-    model, _ = build_model(cfg, args.classes)
+    model, _ = build_run_model(cfg, args.classes)
     model.to(device)
-    losses = stream_losses(cfg, counts).to(device)
-    method = build_method(cfg.method, phase, losses, cfg.loss.eta).to(device)
-    params = method.prepare(model)
+    method = get_method(cfg.method)(cfg, counts).to(device)
+    params = method.prepare(model, f"phase{phase}")
     streams = ("balanced", "instance") if pcfg.sampling == "dual" else (pcfg.sampling,)
     gen = torch.Generator().manual_seed(0)
     batches = {s: (torch.randn(args.batch, 3, args.img, args.img, generator=gen).to(device),
@@ -137,7 +136,7 @@ def build(args: argparse.Namespace):
     def step() -> None:
         step_batches = batches
         with amp():
-            if isinstance(method, LinearProbe):  # its inputs are the frozen model's features
+            if method.features:  # its inputs are the frozen model's features
                 with torch.no_grad():
                     step_batches = {s: (model.forward_features(x)["feature"].float(), y)
                                     for s, (x, y) in batches.items()}

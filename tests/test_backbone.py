@@ -64,11 +64,11 @@ def test_weights_file_with_a_missing_or_extra_tensor_is_refused(source_vit, tmp_
     state = {k: v.clone() for k, v in source_vit.state_dict().items()}
     del state["blocks.0.norm1.weight"]
     save_file(state, tmp_path / "missing.safetensors")
-    with pytest.raises(BackboneError, match=r"missing \['blocks.0.norm1.weight'\]"):
+    with pytest.raises(BackboneError, match=r"missing tensor 'blocks.0.norm1.weight'"):
         create_backbone("vit_tiny_patch16_224", checkpoint=str(tmp_path / "missing.safetensors"), **TINY)
     state = {k: v.clone() for k, v in source_vit.state_dict().items()} | {"extra.weight": torch.zeros(2)}
     save_file(state, tmp_path / "extra.safetensors")
-    with pytest.raises(BackboneError, match=r"unexpected \['extra.weight'\]"):
+    with pytest.raises(BackboneError, match=r"unexpected tensor 'extra.weight'"):
         create_backbone("vit_tiny_patch16_224", checkpoint=str(tmp_path / "extra.safetensors"), **TINY)
 
 

@@ -107,7 +107,7 @@ def test_truncated_images_stay_errors_after_importing_everything(corpus):
     import timm  # noqa: F401 - these must not switch PIL to padding truncated files with grey
     import torchvision  # noqa: F401
 
-    import lpt.engine.runner  # noqa: F401
+    import lpt.run.train  # noqa: F401
 
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     with pytest.raises(BadImageError, match=r"truncated.jpg: cannot read image \(.*truncated"):

@@ -7,7 +7,9 @@ import torch
 
 import lpt
 from lpt.config import ConfigError, load_config
-from lpt.engine.runner import build_model, evaluate_run, train
+from lpt.methods import check_config
+from lpt.run.load import build_run_model, evaluate_run
+from lpt.run.train import train
 from lpt.model.prompted_vit import embed, pooled_feature
 
 METHODS = {
@@ -22,7 +24,7 @@ METHODS = {
 
 
 def initial_tensors(cfg):
-    model, _ = build_model(cfg, 10)
+    model, _ = build_run_model(cfg, 10)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -50,7 +52,7 @@ def test_method_trains_what_it_should_and_reloads(name, tiny_overrides, tmp_path
 
 def test_plain_query_is_the_plain_vit_feature(tiny_overrides):
     cfg = load_config("demo", tiny_overrides + ["model.query=plain"])
-    model, _ = build_model(cfg, 10)
+    model, _ = build_run_model(cfg, 10)
     model.eval()
     images = torch.randn(3, 3, 28, 28)
     vit = model.backbone
@@ -63,8 +65,8 @@ def test_plain_query_is_the_plain_vit_feature(tiny_overrides):
     (["method=linear", "phases=[phase1]"], "prompt_len=0"),
     (["model.prompt_depth=shallow"], "method=vpt"),
     (["method=lpt_joint", "phases=[phase1]"], "phases=\\[phase2\\]"),
-    (["method=prompt_soup"], "lpt, lpt_joint, vpt, linear, full"),
+    (["method=prompt_soup"], "full, linear, lpt, lpt_joint, vpt"),
 ])
 def test_method_settings_are_validated(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("demo", overrides)
+        check_config(load_config("demo", overrides))

@@ -10,9 +10,9 @@ from PIL import Image
 
 import lpt
 from lpt.cli import main
-from lpt.engine.checkpoint import CheckpointError
 from lpt.config import load_config
-from lpt.engine.runner import build_model, load_checkpoint_into
+from lpt.model.state import CheckpointError
+from lpt.run.load import build_run_model, load_trained
 from lpt.model.lpt import GROUP_PROMPTS
 
 
@@ -84,9 +84,9 @@ def test_phase2_alone_starts_from_a_phase1_run(trained_run, tiny_overrides, tmp_
 def test_phase2_from_a_run_with_another_pool_size_keeps_phase1_and_starts_fresh_groups(trained_run, tiny_overrides,
                                                                                         tmp_path):
     overrides = [*tiny_overrides, "model.pool_size=6", "model.top_k=3"]  # the init run has m = 4
-    model, identity = build_model(load_config("demo", overrides), 10)
+    model, identity = build_run_model(load_config("demo", overrides), 10)
     untrained = model.pool.prompts.detach().clone()
-    load_checkpoint_into(model, identity, trained_run / "model.safetensors", skip=(GROUP_PROMPTS,))
+    load_trained(model, identity, trained_run, skip=(GROUP_PROMPTS,))
     source = lpt.load_run(trained_run).model
     assert torch.equal(model.shared_prompt, source.shared_prompt) and torch.equal(model.head.weight, source.head.weight)
     assert torch.equal(model.pool.prompts, untrained)

@@ -8,7 +8,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from lpt.analysis.compare import compare_runs
-from lpt.analysis.rundir import trained_params
+from lpt.run.files import trained_params
 from lpt.cli import main
 
 # Tensors of a model with D = 4, L = 3, prompt_len 2, pool 5, K = 1, C = 3:

@@ -155,8 +155,11 @@ def test_top_k_larger_than_pool():
 
 
 def test_phase2_alone_needs_init():
-    msg = config_error(["phases=[phase2]"])
-    assert "phases" in msg and "init" in msg
+    from lpt.methods import check_config
+
+    with pytest.raises(ConfigError) as info:
+        check_config(from_dict(apply_overrides({}, ["phases=[phase2]"])))
+    assert "phases" in str(info.value) and "init" in str(info.value)
     assert from_dict(apply_overrides({}, ["phases=[phase2]", "init=runs/p1"])).phases == ["phase2"]
 
 

@@ -12,7 +12,7 @@ import torch
 from lpt.config import from_dict, read_yaml
 from lpt.data import build_datasets
 from lpt.data.samplers import ClassBalancedSampler, InstanceSampler
-from lpt.engine.runner import evaluate_run
+from lpt.run.load import evaluate_run
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from lpt.analysis.features import available_sources, extract
+from lpt.evaluation import evaluate, feature_sources, source_features
 from lpt.analysis.geometry import class_distances, knn_accuracy, knn_predict, lda_2d
 from lpt.model import LPT
 
@@ -156,9 +156,10 @@ def test_feature_sources_equal_their_definitions():
     model, data = _tiny_lpt(), _images()
     model.set_phase(2)
     model.eval()
-    assert available_sources(model) == ["plain", "phase1", "phase2"]
-    feats, labels = extract(model, data, ["plain", "phase1", "phase2"], device=torch.device("cpu"), batch_size=3,
-                            progress=False)
+    assert feature_sources(model) == ["plain", "phase1", "phase2"]
+    feats = evaluate(model, data, source_features(model, ["plain", "phase1", "phase2"]), device=torch.device("cpu"),
+                     batch_size=3, progress=False)
+    labels = feats.pop("labels")
     x = torch.stack([img for img, _ in data])
     vit = model.backbone
     with torch.no_grad():
@@ -173,6 +174,6 @@ def test_feature_sources_equal_their_definitions():
 
 def test_phase1_model_has_no_phase2_features():
     model = _tiny_lpt()
-    assert available_sources(model) == ["plain", "phase1"]
+    assert feature_sources(model) == ["plain", "phase1"]
     with pytest.raises(ValueError, match="choose from"):
-        extract(model, _images(2), ["phase2"], device=torch.device("cpu"), progress=False)
+        source_features(model, ["phase2"])

@@ -1,4 +1,4 @@
-"""The training loop's schedule, LPT's phase methods and train_phase on a tiny model."""
+"""The training step's schedule, LPT's method (its loss composition) and the phase trainer on a tiny model."""
 
 import math
 
@@ -8,13 +8,24 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from lpt.config import Config, PhaseConfig
-from lpt.engine.methods import LPTPhase, stream_losses
-from lpt.engine.trainer import TrainingError, lr_schedule, scaled_lr, train_phase
+from lpt.engine.step import Env, TrainingError, TrainStep, lr_schedule, scaled_lr
+from lpt.engine.trainer import PhaseTrainer
+from lpt.methods import get_method, stream_losses
 from lpt.losses import AGCL
 from lpt.model import LPT
 
 COUNTS = [100, 40, 20, 8, 2]
 CPU = torch.device("cpu")
+
+
+def lpt_method():
+    """LPT's method object (A-GCL of both streams, eta 0.5) for the class counts COUNTS."""
+    return get_method("lpt")(Config(), COUNTS)
+
+
+def train_phase(model, method, phase, stream, pcfg, **options):
+    return PhaseTrainer(model, method, f"phase{phase}", stream, pcfg, Env(CPU, progress=False), desc=f"phase{phase}",
+                        **options).run()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,7 +71,7 @@ def test_scaled_lr():
 
 
 def test_stream_weight():
-    method = LPTPhase(2, stream_losses(Config(), COUNTS), eta=0.5)
+    method = lpt_method()
     for e in range(10):
         assert method.stream_weight("balanced", 2, e, 10) == 1.0
         assert method.stream_weight("instance", 1, e, 10) == 1.0
@@ -116,7 +127,7 @@ def two_batches(seed=1):
 @pytest.mark.parametrize("phase", [1, 2])
 def test_lpt_phase_loss_equals_hand_assembled_loss(phase):
     model = tiny_lpt(phase)
-    method = LPTPhase(phase, stream_losses(Config(), COUNTS), eta=0.5).eval()
+    method = lpt_method().eval()
     batches = two_batches()
     (xb, yb), (xi, yi) = batches["balanced"], batches["instance"]
     out = method(model, batches, 2, 10)
@@ -143,7 +154,7 @@ def test_lpt_phase_loss_equals_hand_assembled_loss(phase):
 
 def test_lpt_phase_single_stream_has_weight_one():
     model = tiny_lpt(2)
-    method = LPTPhase(2, stream_losses(Config(), COUNTS), eta=0.5).eval()
+    method = lpt_method().eval()
     xi, yi = two_batches()["instance"]
     out = method(model, {"instance": (xi, yi)}, 5, 10)
     with torch.no_grad():
@@ -186,13 +197,12 @@ class TinyStream:
 @pytest.mark.parametrize("phase", [1, 2])
 def test_train_phase_trains_only_the_phase_tensors(phase):
     model = tiny_lpt(phase)
-    method = LPTPhase(phase, stream_losses(Config(), COUNTS), eta=0.5)
+    method = lpt_method()
     backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     trained = {k: v.clone() for k, v in model.trained_tensors().items()}
     stream, seen = TinyStream(), []
     pcfg = PhaseConfig(epochs=2, batch_size=4, lr=2.0, weight_decay=1e-3)
-    records = train_phase(model, method, stream, pcfg, device=CPU, progress=False, desc=f"phase{phase}",
-                          on_epoch_end=seen.append)
+    records = train_phase(model, method, phase, stream, pcfg, on_epoch_end=seen.append)
     assert stream.epochs == [0, 1]
     assert len(records) == 2 and seen == records
     assert [r["epoch"] for r in records] == [1, 2] and {r["phase"] for r in records} == {f"phase{phase}"}
@@ -210,45 +220,39 @@ def test_train_phase_trains_only_the_phase_tensors(phase):
 
 def test_train_phase_nan_loss_raises_naming_the_step():
     model = tiny_lpt(2)
-    method = LPTPhase(2, stream_losses(Config(), COUNTS), eta=0.5)
+    method = lpt_method()
     with pytest.raises(TrainingError, match=r"phase2: loss is not finite at epoch 1, step 0"):
-        train_phase(model, method, TinyStream(nan_at=(0, 0)), PhaseConfig(epochs=2, batch_size=4), device=CPU,
-                    progress=False, desc="phase2")
+        train_phase(model, method, 2, TinyStream(nan_at=(0, 0)), PhaseConfig(epochs=2, batch_size=4))
 
 
 def test_train_phase_nan_loss_later_names_the_global_step():
     model = tiny_lpt(1)
-    method = LPTPhase(1, stream_losses(Config(), COUNTS), eta=0.5)
+    method = lpt_method()
     stream = TinyStream(nan_at=(1, 1))  # second epoch, second iteration: global step 3 + 1 = 4
     with pytest.raises(TrainingError, match=r"loss is not finite at epoch 2, step 4;"):
-        train_phase(model, method, stream, PhaseConfig(epochs=3, batch_size=4), device=CPU, progress=False,
-                    desc="phase1", log_every=1)
+        train_phase(model, method, 1, stream, PhaseConfig(epochs=3, batch_size=4), log_every=1)
     assert stream.epochs == [0, 1]
 
 
 def test_train_phase_nan_loss_names_the_first_bad_step_with_default_log_every():
     model = tiny_lpt(1)
-    method = LPTPhase(1, stream_losses(Config(), COUNTS), eta=0.5)
+    method = lpt_method()
     with pytest.raises(TrainingError, match=r"loss is not finite at epoch 1, step 1;"):
-        train_phase(model, method, TinyStream(steps=5, nan_at=(0, 1)), PhaseConfig(epochs=1, batch_size=4),
-                    device=CPU, progress=False, desc="phase1")
+        train_phase(model, method, 1, TinyStream(steps=5, nan_at=(0, 1)), PhaseConfig(epochs=1, batch_size=4))
 
 
 @pytest.mark.parametrize("phase", [1, 2])
 def test_gradient_accumulation_equals_the_full_batch(phase):
     """grad_accum splits each step into micro-batches; without noise or dropout the update is the same."""
-    from lpt.engine.trainer import _forward_backward
-
     batches = two_batches()
     grads = []
     for accum in (1, 2, 4):
         model = tiny_lpt(phase)
         model.dropout.p = 0.0
-        method = LPTPhase(phase, stream_losses(Config(), COUNTS).eval(), eta=0.5)
-        method.prepare(model)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        out = _forward_backward(method, model, batches, 2, PhaseConfig(epochs=10, grad_accum=accum), scaler, CPU,
-                                "fp32", "phase")
+        method = lpt_method().eval()
+        params = method.prepare(model, f"phase{phase}")
+        step = TrainStep(model, method, params, PhaseConfig(epochs=10, grad_accum=accum), [0.0], Env(CPU), "phase")
+        out = step.forward_backward(batches, 2)
         grads.append(([p.grad.clone() for p in model.parameters() if p.requires_grad], out["loss"]))
     for g, loss in grads[1:]:
         torch.testing.assert_close(loss, grads[0][1], atol=1e-5, rtol=1e-5)
@@ -257,14 +261,13 @@ def test_gradient_accumulation_equals_the_full_batch(phase):
 
 
 def test_out_of_memory_names_the_batch_size_and_suggests_accumulation():
-    from lpt.engine.trainer import _forward_backward
-
     class OutOfMemory(torch.nn.Module):
         def forward(self, *args, **kwargs):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    model = tiny_lpt(2)
+    params = [p for p in model.parameters() if p.requires_grad]
+    step = TrainStep(model, OutOfMemory(), params, PhaseConfig(), [0.0], Env(CPU), "phase2")
     with pytest.raises(TrainingError, match=r"phase2: GPU out of memory at batch size 4 per stream \(7 images per "
                                             r"step\); lower phase2.batch_size or set phase2.grad_accum=2"):
-        _forward_backward(OutOfMemory(), tiny_lpt(2), two_batches(), 0, PhaseConfig(), scaler, CPU, "fp32",
-                          "phase2")
+        step.forward_backward(two_batches(), 0)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lpt.analysis.metrics import shot_accuracy, shot_groups
+from lpt.metrics import shot_accuracy, shot_groups
 
 BOUNDARY_COUNTS = [101, 100, 21, 20, 19]
 

@@ -15,10 +15,10 @@ from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 
 import lpt
-from lpt.analysis.metrics import shot_accuracy
+from lpt.metrics import shot_accuracy
 from lpt.cli import main
-from lpt.engine.checkpoint import CheckpointError, read_checkpoint
-from lpt.official import OfficialCheckpointError, load_official_checkpoint
+from lpt.model.official import OfficialCheckpointError, load_official_checkpoint
+from lpt.model.state import CheckpointError, read_tensors
 
 ARCH = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2)
 BACKBONE = "vit_tiny_patch16_224"  # ViT-Tiny's layout; ARCH overrides its sizes
@@ -161,7 +161,7 @@ def test_cli_import_gives_a_run_that_loads_and_evaluates(state, images, tmp_path
     assert all(torch.equal(backbone[k], state[k]) for k in backbone)
     classes = json.loads((out / "classes.json").read_text())
     assert classes == {"classes": [str(c) for c in range(C)], "train_counts": counts}
-    tensors, meta = read_checkpoint(out / "model.safetensors")
+    tensors, meta = read_tensors(out / "model.safetensors")
     assert meta["phase"] == 2 and meta["num_classes"] == C and meta["model"] == m
     assert torch.equal(tensors["head.weight"], state["prompt_learner.head.weight"].t())
 

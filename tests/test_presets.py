@@ -147,18 +147,16 @@ STEPS, BATCH = 2, 16
 def two_steps(monkeypatch):
     """Cut every epoch the runner builds to its first two steps, so that a benchmark's class count
     (8,142 for iNaturalist, one training image each at least) costs 2 x 2 batches, not an epoch."""
-    import lpt.engine.runner as runner
+    import lpt.run.train as runner
     from lpt.data import TrainStream
 
     full = runner.build_train_stream
     monkeypatch.setattr(runner, "build_train_stream", lambda *a, **k: TrainStream(full(*a, **k).loaders, STEPS))
-    # the run report draws a bar per class (tens of seconds at 8,142 classes); it has tests of its own
-    monkeypatch.setattr(runner, "_write_report", lambda *a, **k: None, raising=False)
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_preset_trains_two_steps_on_generated_data(name, image_root, tmp_path, two_steps):
-    from lpt.engine.runner import train
+    from lpt.run.train import train
 
     data, n_train = generated_data(name, image_root, tmp_path)
     assert n_train >= STEPS * BATCH

@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from lpt.cli import build_parser, main
 from lpt.config import ConfigError
-from lpt.engine.trainer import TrainingError
+from lpt.engine.step import TrainingError
 from lpt.model import create_backbone, weights_fingerprint
 from lpt.pretrain import (
     FontError, GlyphDataset, MaskedAutoencoder, PretrainConfig, find_fonts, masked_patch_loss, patchify, pretrain,

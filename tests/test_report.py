@@ -23,7 +23,7 @@ import torch
 
 import lpt
 from lpt.analysis.matching import matching_stats, normalised_entropy
-from lpt.analysis.rundir import read_predictions, write_predictions
+from lpt.run.files import read_predictions, write_predictions
 from lpt.cli import main
 from lpt.utils import setup_logging
 
@@ -137,7 +137,7 @@ def test_non_interactive_training_log_has_no_progress_bars(trained):
 def test_progress_bar_does_appear_on_a_terminal(run_dir):
     """The control for the test above: the same code does draw a bar when stderr is a terminal."""
     from lpt.data import build_test_dataset
-    from lpt.engine.evaluate import predict
+    from lpt.evaluation import evaluate
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -146,8 +146,8 @@ def test_progress_bar_does_appear_on_a_terminal(run_dir):
     run = lpt.load_run(run_dir)
     term = Terminal()
     with contextlib.redirect_stderr(term):
-        predict(run.model, build_test_dataset(run.config.data), device=torch.device("cpu"), batch_size=32,
-                progress=True, desc="eval")
+        evaluate(run.model, build_test_dataset(run.config.data), device=torch.device("cpu"), batch_size=32,
+                 progress=True, desc="eval")
     assert "eval" in term.getvalue() and "\r" in term.getvalue()
 
 
@@ -179,7 +179,7 @@ def test_tensorboard_hook_is_a_no_op_without_tensorboard(monkeypatch, tmp_path):
 
 
 def test_report_failure_only_warns(run_dir, tmp_path, monkeypatch):
-    from lpt.engine import runner
+    from lpt import cli
 
     def broken(_):
         raise RuntimeError("disk on fire")
@@ -190,7 +190,7 @@ def test_report_failure_only_warns(run_dir, tmp_path, monkeypatch):
     handler.emit = records.append
     logging.getLogger("lpt").addHandler(handler)
     try:
-        runner._write_report(tmp_path, None)  # returns: the run it follows is already saved
+        cli._write_report(tmp_path)  # returns: the run it follows is already saved
     finally:
         logging.getLogger("lpt").removeHandler(handler)
     assert [r.levelname for r in records] == ["WARNING"] and "disk on fire" in records[0].getMessage()

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from lpt.cli import main
-from lpt.engine.checkpoint import read_checkpoint
-from lpt.engine.resume import RESUME_FILE
+from lpt.model.state import read_tensors
+from lpt.run.files import RESUME as RESUME_FILE
 from tests.conftest import TINY_MODEL
 
 
@@ -26,7 +26,7 @@ def command(tiny_fmnist, out):
 def progress(out):
     """(phase index, epoch, step) of the saved resumable state, or None before the first save."""
     try:
-        position = read_checkpoint(out / RESUME_FILE)[1]["position"]
+        position = read_tensors(out / RESUME_FILE)[1]["position"]
     except Exception:
         return None
     phase = position["phase"] or {"epoch": 0, "step": 0}
@@ -96,11 +96,11 @@ def test_resume_refuses_a_finished_run_and_a_missing_state(tiny_overrides, tmp_p
 
 
 def test_run_directory_in_use_is_refused(tmp_path):
-    from lpt.engine.resume import run_lock
+    from lpt.run.files import run_lock
 
     with run_lock(tmp_path):
         child = subprocess.run([sys.executable, "-c", (
-            "import sys; from pathlib import Path; from lpt.engine.resume import run_lock\n"
+            "import sys; from pathlib import Path; from lpt.run.files import run_lock\n"
             f"with run_lock(Path({str(tmp_path)!r})): pass")], capture_output=True, text=True)
     assert child.returncode != 0 and "in use by another lpt process" in child.stderr
     with run_lock(tmp_path):  # released: usable again

@@ -2,16 +2,16 @@
 
 >>> import lpt
 >>> run = lpt.load_run("runs/demo")          # model in eval mode, config, class names
->>> run.model(images)                         # cosine logits [B, C]
->>> run.model.query(images)                   # phase-1 query [B, D]
->>> run.model.match(images)                   # selected groups [B, k], most similar first
+>>> run.predict(["cat.jpg"])                  # probabilities [N, C], as `lpt predict` prints them
+>>> run.model(run.transform(image)[None])     # cosine logits [1, C] (unscaled)
+>>> run.model.match(images)                   # selected groups [B, k], most similar first (phase 2)
 """
 
-__version__ = "0.1.0"
-
-from lpt.engine.runner import Run, evaluate_run, load_run, train  # noqa: E402
-from lpt.model import LPT, create_backbone  # noqa: E402
-from lpt.official import load_official_checkpoint  # noqa: E402
+from lpt.version import __version__
+from lpt.model import LPT, create_backbone
+from lpt.model.official import load_official_checkpoint
+from lpt.run.load import Run, evaluate_run, load_run
+from lpt.run.train import train
 
 __all__ = ["LPT", "Run", "create_backbone", "evaluate_run", "load_official_checkpoint", "load_run", "train",
            "__version__"]

@@ -17,19 +17,6 @@ def _default_out(name: str) -> Path:
     return Path("runs") / f"{Path(name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def shot_table(rows: dict[str, dict]) -> str:
-    """Markdown table of overall / many / medium / few accuracy, one row per model."""
-    lines = ["| model | overall | many | medium | few |", "|---|---|---|---|---|"]
-    for name, m in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in ("overall", "many", "medium", "few")) + " |")
-    return "\n".join(lines)
-
-
-METHOD_LABELS = {"lpt": "LPT", "lpt_joint": "LPT joint", "vpt": "VPT", "linear": "linear probe", "full": "full FT"}
 # The demo's linear probe: a linear head on the frozen backbone's class-token feature (computed once),
 # cross-entropy on class-balanced batches; 30 epochs of cached features take seconds.
 DEMO_LINEAR_PROBE = ["method=linear", "phases=[phase1]", "model.prompt_len=0", "model.head=linear", "loss.name=ce",
@@ -37,33 +24,28 @@ DEMO_LINEAR_PROBE = ["method=linear", "phases=[phase1]", "model.prompt_len=0", "
 
 
 def print_summary(outs: list[Path], title: str) -> None:
-    """One shot table over finished runs (a row per run and phase), and a warning if a backbone was random
+    """One shot table over finished runs (a row per run and phase), and a note if a backbone was random
     (rank 0 only)."""
+    from lpt.analysis.compare import phase_rows, shot_table
+
     if os.environ.get("RANK", "0") != "0":
         return
-    rows, random = {}, set()
-    for out in outs:
-        run = json.loads((out / "run.json").read_text())
-        label = METHOD_LABELS.get(run.get("method", "lpt"), run.get("method"))
-        phases = run["phases"]
-        for name, m in phases.items():
-            rows[label if len(phases) == 1 else f"{label} {name.replace('phase', 'phase ')}"] = m
-        if run["backbone"]["source"] == "random":
-            random.add(run["backbone"]["name"])
+    rows, random = phase_rows(outs)
     print(f"\n{title}")
     print(shot_table(rows))
-    for name in sorted(random):
+    for name in random:
         print(f"note: backbone {name} was randomly initialised (no pretrained weights)")
     print(f"run directory: {outs[-1]}" if len(outs) == 1 else "run directories: " + ", ".join(map(str, outs)))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lpt.config import from_dict, read_yaml
+    from lpt.methods import check_config
 
     if args.resume:
-        if args.config or args.overrides or args.out or args.skip_bad_images:
+        if args.config or args.overrides or args.out or args.skip_bad_images or args.overwrite:
             raise ConfigError("--resume RUN_DIR continues a run with its own config; "
-                              "drop --config, --out, --skip-bad-images and overrides")
+                              "drop --config, --out, --overwrite, --skip-bad-images and overrides")
         out = Path(args.resume)
         if not (out / "config.yaml").is_file():
             raise ConfigError(f"{out} is not an lpt run directory (no config.yaml)")
@@ -74,24 +56,38 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides + (["deterministic=true"] if args.deterministic else [])
                           + (["data.skip_bad_images=true"] if args.skip_bad_images else []))
         out = Path(args.out) if args.out else _default_out(args.config)
-    return _run_interruptible([(cfg, out)], "test accuracy %:", resume=bool(args.resume))
+    check_config(cfg)
+    return _run_interruptible([(cfg, out)], "test accuracy %:", resume=bool(args.resume), overwrite=args.overwrite)
 
 
-def _run_interruptible(stages: list, title: str, resume: bool = False) -> int:
-    """Train each (config, run directory) in turn, then print one table; on SIGINT / SIGTERM say how to
-    resume the interrupted run and exit 130."""
-    from lpt.engine.runner import train
+def _run_interruptible(stages: list, title: str, resume: bool = False, overwrite: bool = False,
+                       shown: list[Path] | None = None) -> int:
+    """Train each (config, run directory) in turn, write its report, then print one table (of ``shown`` runs,
+    default all); on SIGINT / SIGTERM say how to resume the interrupted run and exit 130."""
     from lpt.engine.trainer import Interrupted
+    from lpt.run.train import train
 
     for cfg, out in stages:
         try:
-            train(cfg, out, resume=resume)
+            train(cfg, out, resume=resume, overwrite=overwrite)
         except Interrupted as exc:
             print(f"lpt: interrupted ({exc}); the run is saved. Resume with: lpt train --resume {out}",
                   file=sys.stderr)
             return 130
-    print_summary([out for _, out in stages], title)
+        _write_report(out)
+    print_summary(shown or [out for _, out in stages], title)
     return 0
+
+
+def _write_report(out: Path) -> None:
+    """report.html / report.md of a finished run; a failure only warns: the run is saved."""
+    from lpt.analysis.report import write_report
+    from lpt.utils import log
+
+    try:
+        write_report(out)
+    except Exception as exc:  # noqa: BLE001 - the report is a convenience; never lose a finished run over it
+        log.warning("run %s is saved, but its report could not be written: %s: %s", out, type(exc).__name__, exc)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -99,14 +95,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = load_config("demo", overrides)
     out = Path(args.out) if args.out else _default_out("demo")
     stages = [(cfg, out)]
-    if not args.no_linear_probe:  # the probe's run lives inside the demo's run directory
-        stages.insert(0, (load_config("demo", overrides + DEMO_LINEAR_PROBE), out / "linear_probe"))
+    if not args.no_linear_probe:  # the probe's run lives inside the demo's run directory, trained after LPT's
+        stages.append((load_config("demo", overrides + DEMO_LINEAR_PROBE), out / "linear_probe"))
     title = f"Fashion-MNIST-LT (imbalance 100), backbone {cfg.model.backbone}, test accuracy %:"
-    return _run_interruptible(stages, title)
+    return _run_interruptible(stages, title, shown=[o for _, o in reversed(stages)])
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from lpt.engine.runner import evaluate_run
+    from lpt.analysis.compare import shot_table
+    from lpt.analysis.report import fmt
+    from lpt.run.load import evaluate_run
 
     metrics = evaluate_run(args.run, [f"data.{o}" if not o.startswith("data.") else o for o in args.data or []],
                            device=args.device)
@@ -114,13 +112,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(metrics))
     else:
         print(shot_table({f"{args.run} (phase {metrics['phase']})": metrics}))
-        print("official shot rule: " + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics["official"].items()))
+        print("official shot rule: " + ", ".join(f"{k} {fmt(v)}" for k, v in metrics["official"].items()))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from lpt.engine.runner import load_run
-    from lpt.predict import expand_images, predict_topk
+    from lpt.run.load import load_run
+    from lpt.run.predict import expand_images, predict_topk
 
     run = load_run(args.run)
     rows = predict_topk(run, expand_images(args.images), k=args.topk)
@@ -139,10 +137,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_import_official(args: argparse.Namespace) -> int:
-    from lpt.official import import_official, parse_backbone_args
+    from lpt.config import parse_kwargs
+    from lpt.run.official import import_official
 
     out = import_official(args.checkpoint, args.out, backbone=args.backbone,
-                          backbone_args=parse_backbone_args(args.backbone_arg), top_k=args.top_k,
+                          backbone_args=parse_kwargs(args.backbone_arg), top_k=args.top_k,
                           classes_file=args.classes, train_list=args.train_list,
                           train_counts_file=args.train_counts, config=args.config,
                           overrides=[o if o.startswith("data.") else f"data.{o}" for o in args.data or []])
@@ -216,12 +215,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from lpt.official import parse_backbone_args
+    from lpt.config import parse_kwargs
     from lpt.pretrain import PretrainConfig, pretrain
 
     steps = args.steps if args.steps is not None else (0 if args.epochs else 1000)
     cfg = PretrainConfig(recipe=args.recipe, backbone=args.backbone,
-                         backbone_args=parse_backbone_args(args.backbone_arg), img_size=args.img, steps=steps,
+                         backbone_args=parse_kwargs(args.backbone_arg), img_size=args.img, steps=steps,
                          epochs=args.epochs or 0, batch_size=args.batch, lr=args.lr, weight_decay=args.weight_decay,
                          device=args.device, seed=args.seed, log_every=args.log_every,
                          workers=args.workers, data_root=args.data_root, mask_ratio=args.mask_ratio,
@@ -243,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help=f"preset ({', '.join(preset_names())}) or YAML file")
     p.add_argument("--out", help="run directory (default runs/<config>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run where it stopped")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier lpt run in --out first (without it, such a directory is refused)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (repeatable CPU runs)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="decode every image first; drop unreadable ones, listed in RUN_DIR/bad_images.txt")
@@ -350,9 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from lpt.engine.checkpoint import CheckpointError
-    from lpt.engine.trainer import TrainingError
+    from lpt.engine.step import TrainingError
     from lpt.model import BackboneError
+    from lpt.model.state import CheckpointError
 
     return ConfigError, BackboneError, CheckpointError, TrainingError, OSError
 

@@ -106,7 +106,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     phase1: PhaseConfig = field(default_factory=PhaseConfig)
     phase2: PhaseConfig = field(default_factory=PhaseConfig)
-    method: str = "lpt"  # lpt | lpt_joint | vpt | linear | full (see lpt.engine.methods.METHODS)
+    method: str = "lpt"  # lpt | lpt_joint | vpt | linear | full: a module of lpt.methods (its own rules apply)
     phases: list[str] = field(default_factory=lambda: ["phase1", "phase2"])  # lpt: phase1, phase2; others: phase1
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -124,7 +124,6 @@ CHOICES = {
     "model.head": ("cosine", "linear"),
     "model.prompt_depth": ("deep", "shallow"),
     "model.query": ("shared", "plain"),
-    "method": ("lpt", "lpt_joint", "vpt", "linear", "full"),
     "data.train_aug": ("rrc_flip", "crop_flip", "none"),
     "data.test_resize_mode": ("shorter", "square"),
     "data.interpolation": ("bicubic", "bilinear"),
@@ -137,7 +136,8 @@ PHASES = ("phase1", "phase2")
 
 
 def validate(cfg: Config) -> Config:
-    """Check choices, ranges and cross-field rules; raise ConfigError naming the key."""
+    """Check choices, ranges and cross-field rules; raise ConfigError naming the key. The method's own rules
+    (which phases, prompts or not) belong to the method: ``lpt.methods.check_config``."""
     for key, allowed in CHOICES.items():
         value = get_value(cfg, key)
         if value not in allowed:
@@ -146,16 +146,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'phases' is {cfg.phases!r}; expected a list drawn from {', '.join(PHASES)}")
     if cfg.phases != sorted(set(cfg.phases), key=PHASES.index):
         raise ConfigError(f"config key 'phases' is {cfg.phases!r}; phases run once each, phase1 before phase2")
-    single = {"lpt_joint": ["phase2"], "vpt": ["phase1"], "linear": ["phase1"], "full": ["phase1"]}
-    if cfg.method in single and cfg.phases != single[cfg.method]:
-        raise ConfigError(f"method '{cfg.method}' has one stage: set phases=[{single[cfg.method][0]}] "
-                          f"(its optimisation settings are the '{single[cfg.method][0]}' section)")
-    if cfg.method == "lpt" and cfg.phases[0] == "phase2" and not cfg.init:
-        raise ConfigError("config 'phases' starts at phase2 but 'init' names no phase-1 run directory to start from")
-    if cfg.method in ("linear", "full") and cfg.model.prompt_len != 0:
-        raise ConfigError(f"method '{cfg.method}' uses no prompts: set model.prompt_len=0")
-    if cfg.model.prompt_depth == "shallow" and cfg.method != "vpt":
-        raise ConfigError("model.prompt_depth=shallow is VPT-Shallow: it needs method=vpt")
     m = cfg.model
     positive = {
         "model.pool_size": m.pool_size, "model.top_k": m.top_k,
@@ -314,6 +304,20 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override '{item}': the value of '{key}' is not valid YAML") from None
         _set_nested(data, key, value)
     return data
+
+
+def parse_kwargs(items: list[str] | None) -> dict[str, Any]:
+    """``key=value`` strings (values parsed as YAML) into timm.create_model keyword arguments."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"backbone argument '{item}' is not of the form name=value (e.g. img_size=384)")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"backbone argument '{item}': the value is not valid YAML") from None
+    return out
 
 
 def preset_names() -> list[str]:

@@ -1,4 +1,4 @@
-"""Small helpers shared across lpt: atomic file writes, seeding, device choice, logging."""
+"""Small helpers shared across lpt: atomic file writes, seeding, device choice, autocast, logging."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import random
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision where asked for on a GPU; plain fp32 otherwise (the CPU always runs fp32)."""
+    if precision == "fp32" or device.type != "cuda":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=DTYPES[precision])
 
 
 def resolve_device(name: str) -> torch.device:

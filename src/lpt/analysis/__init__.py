@@ -1,1 +1,1 @@
-"""Analyses of trained runs: shot-split metrics."""
+"""Analyses of finished runs, read through ``lpt.run``: reports, comparisons, feature geometry, data statistics."""

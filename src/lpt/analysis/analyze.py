@@ -1,6 +1,6 @@
 """``lpt analyze``: the paper's feature analyses of a trained run (Tab. 2, Fig. 2) on its data.
 
-For each feature source (plain ViT, phase-1 model, phase-2 model; :mod:`lpt.analysis.features`)
+For each feature source (plain ViT, phase-1 model, phase-2 model; ``lpt.evaluation.FEATURE_SOURCES``)
 on the training split (evaluation transform) and the test split: mean intra-class distance
 ``R_i``, inter-class distance ``D`` and ``gamma`` (:mod:`lpt.analysis.geometry`); k-NN accuracy
 with cosine similarity, training features as memory and test features as queries (overall and
@@ -16,10 +16,12 @@ import numpy as np
 import torch
 
 from lpt.analysis import plots
-from lpt.analysis.features import available_sources, extract
 from lpt.analysis.geometry import class_distances, knn_predict, lda_2d
-from lpt.analysis.metrics import shot_accuracy
+from lpt.metrics import shot_accuracy
 from lpt.config import ConfigError
+from lpt.data import build_datasets, build_transform, with_transform
+from lpt.evaluation import evaluate, feature_sources, source_features
+from lpt.run.load import load_run, with_data_overrides
 from lpt.utils import atomic_write_bytes, atomic_write_json, log, resolve_device
 
 ANALYSIS_JSON, LDA_PNG = "analysis.json", "analysis_lda.png"
@@ -66,21 +68,19 @@ def analyze_run(run_dir: str | Path, data_overrides: list[str] | None = None, k:
     Returns:
         the content of analysis.json.
     """
-    from lpt.data import build_datasets
-    from lpt.engine.runner import load_run, with_data_overrides, with_eval_transform
-
     run = load_run(run_dir, resolve_device(device))
     cfg = with_data_overrides(run.config, data_overrides, "analyze")
     splits = build_datasets(cfg.data)
     if splits.num_classes != run.model.num_classes:
         raise ConfigError(f"the data has {splits.num_classes} classes, the run was trained on {run.model.num_classes}")
-    train_set = with_eval_transform(splits.train, cfg)
-    sources = available_sources(run.model)
+    train_set = with_transform(splits.train, build_transform(cfg.data, train=False))
+    sources = feature_sources(run.model)
     dev = next(run.model.parameters()).device
     opts = dict(device=dev, batch_size=cfg.eval_batch_size, precision=cfg.precision,
                 num_workers=cfg.data.num_workers, progress=cfg.progress)
-    train, train_labels = extract(run.model, train_set, sources, desc="features train", **opts)
-    test, test_labels = extract(run.model, splits.test, sources, desc="features test", **opts)
+    train = evaluate(run.model, train_set, source_features(run.model, sources), desc="features train", **opts)
+    test = evaluate(run.model, splits.test, source_features(run.model, sources), desc="features test", **opts)
+    train_labels, test_labels = train.pop("labels"), test.pop("labels")
     log.info("analyze %s: %d training and %d test images, sources %s", run_dir, len(train_labels),
              len(test_labels), ", ".join(sources))
     results = analyze_features(train, train_labels, test, test_labels, run.train_counts, k, device=dev)

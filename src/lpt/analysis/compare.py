@@ -2,7 +2,7 @@
 
 One row per run: method, backbone, overall / many / medium / few accuracy (standard shot rule,
 from ``metrics.json``), trained parameters (all phases, from ``model.safetensors``; see
-:func:`lpt.analysis.rundir.trained_params`) and the training throughput of the last phase.
+:func:`lpt.run.files.trained_params`) and the training throughput of the last phase.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lpt.analysis.report import fmt
-from lpt.analysis.rundir import read_run, trained_params
+from lpt.run.files import method_label, read_run, trained_params
 from lpt.utils import atomic_write_text
 
 COLUMNS = ("run", "method", "backbone", "overall", "many", "medium", "few", "trainable_params", "images_per_s")
@@ -66,3 +66,26 @@ def write_comparison(rows: list[dict], prefix: str | Path) -> tuple[Path, Path]:
     atomic_write_text(md, to_markdown(rows) + "\n")
     atomic_write_text(cs, to_csv(rows))
     return md, cs
+
+
+def shot_table(rows: dict[str, dict]) -> str:
+    """Markdown table of overall / many / medium / few accuracy, one row per model."""
+    lines = ["| model | overall | many | medium | few |", "|---|---|---|---|---|"]
+    for name, m in rows.items():
+        lines.append(f"| {name} | " + " | ".join(fmt(m.get(k)) for k in ("overall", "many", "medium", "few")) + " |")
+    return "\n".join(lines)
+
+
+def phase_rows(run_dirs: Sequence[str | Path]) -> tuple[dict[str, dict], list[str]]:
+    """Shot accuracy after every phase of every run, keyed by a readable label (``LPT phase 1``), and the names
+    of the backbones that were randomly initialised (worth a note under the table)."""
+    rows, random = {}, []
+    for run_dir in run_dirs:
+        info = read_run(run_dir).info
+        phases = info["phases"]
+        for name, metrics in phases.items():
+            label = method_label(info.get("method", "lpt"), int(name[-1]) if len(phases) > 1 else None)
+            rows[label] = metrics
+        if info["backbone"]["source"] == "random" and info["backbone"]["name"] not in random:
+            random.append(info["backbone"]["name"])
+    return rows, random

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lpt.analysis.metrics import GROUPS, SHOT_RULES, shot_groups
+from lpt.metrics import GROUPS, SHOT_RULES, shot_groups
 from lpt.config import ConfigError, load_config, preset_names
 from lpt.data.build import build_train_labels
 from lpt.data.longtail import class_counts

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lpt.analysis.metrics import GROUPS, shot_groups
+from lpt.metrics import GROUPS, shot_groups
 
 MAX_CLASS_TICKS = 40  # name classes on an axis up to this many; beyond, show ranks only
 

@@ -18,9 +18,12 @@ import numpy as np
 
 from lpt.analysis import plots
 from lpt.analysis.matching import matching_stats
-from lpt.analysis.metrics import GROUPS, SHOT_RULES, shot_groups
-from lpt.analysis.rundir import PREDICTIONS, RunFiles, read_run, trained_params
-from lpt.utils import atomic_write_bytes, atomic_write_text
+from lpt.metrics import GROUPS, SHOT_RULES, shot_groups
+from lpt.run.files import PREDICTIONS, RunFiles, read_run, trained_params, write_predictions
+from lpt.data import build_test_dataset
+from lpt.evaluation import evaluate
+from lpt.run.load import load_run
+from lpt.utils import atomic_write_bytes, atomic_write_text, resolve_device
 
 REPORT_HTML, REPORT_MD = "report.html", "report.md"
 MAX_CLASS_ROWS = 1000  # per-class table up to this many classes; beyond, metrics.json holds them
@@ -302,17 +305,11 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
 def compute_predictions(run_dir: str | Path, device: str = "auto") -> Path:
     """Evaluate a run on its test split and save ``predictions.npz`` (for runs written before reports
     existed, or imported ones); needs the test data."""
-    from lpt.analysis.rundir import write_predictions
-    from lpt.data import build_test_dataset
-    from lpt.engine.evaluate import predict
-    from lpt.engine.runner import load_run
-    from lpt.utils import resolve_device
-
     run = load_run(run_dir, resolve_device(device))
     cfg = run.config
-    out = predict(run.model, build_test_dataset(cfg.data), device=next(run.model.parameters()).device,
-                  batch_size=cfg.eval_batch_size, precision=cfg.precision, num_workers=cfg.data.num_workers,
-                  progress=cfg.progress)
+    out = evaluate(run.model, build_test_dataset(cfg.data), device=next(run.model.parameters()).device,
+                   batch_size=cfg.eval_batch_size, precision=cfg.precision, num_workers=cfg.data.num_workers,
+                   progress=cfg.progress)
     return write_predictions(run_dir, out)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -171,3 +172,10 @@ def build_train_labels(cfg: DataConfig) -> tuple[list[int], list[str]]:
     labels, classes = get_source(cfg.source).train_labels(cfg)
     keep = longtail_keep(labels, classes, cfg)
     return (labels if keep is None else [labels[i] for i in keep]), classes
+
+
+def with_transform(dataset: ImageDataset, transform: Transform) -> ImageDataset:
+    """A shallow copy of ``dataset`` (the same images and labels) that applies ``transform``."""
+    clone = copy.copy(dataset)
+    clone.transform = transform
+    return clone

@@ -161,3 +161,18 @@ class FileImageDataset(ImageDataset):
         return FileImageDataset([self.paths[i] for i in idx], [self.targets[i] for i in idx], self.classes,
                                 self.transform, origins)
 
+
+
+class FeatureDataset(Dataset):
+    """Precomputed features with their labels (a linear probe's training set); ``targets`` lets the samplers
+    balance classes."""
+
+    def __init__(self, features, targets: Sequence[int]):
+        self.features = features
+        self.targets = list(targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return self.features[index], self.targets[index]

@@ -1,1 +1,2 @@
-"""The training loop, methods, evaluation, checkpoints and runs."""
+"""The training engine: one optimisation step (``step``), the loop around it (``trainer``), resumable state
+and signal handling (``resume``). It knows nothing of run directories or reports."""

@@ -1,15 +1,14 @@
 """Resumable training state: what a run needs to continue exactly where it stopped.
 
-``resume.safetensors`` in the run directory holds the trained tensors, the optimizer's tensors
-and the torch RNG states as tensors, and everything else (phase, epoch, step, running sums,
-finished epochs' records, numpy and Python RNG states) as JSON metadata. Written atomically, so
+A run's resumable state (``resume.safetensors`` in its directory; ``lpt.run.files``) holds the
+trained tensors, the optimizer's tensors and the torch RNG states as tensors, and everything else
+(phase, epoch, step, running sums, finished epochs' records, numpy and Python RNG states) as JSON
+metadata. Written atomically, so
 a run killed at any moment leaves the previous state intact.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import random
 import signal
 from contextlib import contextmanager
@@ -19,10 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lpt.config import ConfigError
-from lpt.engine.checkpoint import read_checkpoint, save_checkpoint
-
-RESUME_FILE = "resume.safetensors"
+from lpt.model.state import read_tensors, save_tensors
 
 
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -72,7 +68,7 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_resume(run_dir: Path, trained: dict[str, torch.Tensor], position: dict[str, Any]) -> None:
+def save_resume(path: Path, trained: dict[str, torch.Tensor], position: dict[str, Any]) -> None:
     """Write the resumable state. ``position`` holds the phase index, the summary of finished phases
     and, under ``phase``, the trainer's position (epoch, step, sums, records, optimizer state dict)."""
     position = dict(position)
@@ -84,45 +80,19 @@ def save_resume(run_dir: Path, trained: dict[str, torch.Tensor], position: dict[
         opt_tensors, phase["optimizer"] = _split_optimizer(phase["optimizer"])
         tensors |= opt_tensors
         position["phase"] = phase
-    save_checkpoint(run_dir / RESUME_FILE, tensors, {"position": position, "rng": rng_meta})
+    save_tensors(path, tensors, {"position": position, "rng": rng_meta})
 
 
-def load_resume(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Any]:
+def load_resume(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Any]:
     """Trained tensors, position (with ``optimizer`` rebuilt) and a callable restoring every RNG
     (call it once the model is built, since building reseeds)."""
-    path = run_dir / RESUME_FILE
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} has no {RESUME_FILE}: nothing to resume (the run never saved a step)")
-    tensors, meta = read_checkpoint(path)
+    tensors, meta = read_tensors(path)
     position = meta["position"]
     phase = position.get("phase")
     if phase is not None and phase.get("optimizer") is not None:
         phase["optimizer"] = _join_optimizer(tensors, phase["optimizer"])
     trained = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     return trained, position, lambda: restore_rng(tensors, meta["rng"])
-
-
-@contextmanager
-def run_lock(run_dir: Path):
-    """Hold an exclusive lock on the run directory; refuse one that another process holds."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(run_dir / ".lock", "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        owner = fh.read().strip() or "unknown"
-        fh.close()
-        raise ConfigError(f"run directory {run_dir} is in use by another lpt process (pid {owner})") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(str(os.getpid()))
-    fh.flush()
-    try:
-        yield
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
 
 
 class StopRequest:

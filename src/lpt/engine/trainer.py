@@ -1,11 +1,11 @@
-"""The one training loop: SGD with momentum, warm-up + cosine schedule computed up front, mixed
-precision through autocast and ``GradScaler(enabled=...)``, abort on a non-finite loss."""
+"""The one training loop: epochs of :class:`~lpt.engine.step.TrainStep` over a stream, with the running
+tally, progress, per-epoch records and the resumable position around the step, never inside it."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,177 +13,156 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from lpt.config import PhaseConfig
-from lpt.engine.distributed import DistContext
-from lpt.engine.evaluate import autocast
+from lpt.engine.step import Env, TrainingError, TrainStep, lr_schedule, scaled_lr
+from lpt.methods import Method
 from lpt.utils import log
 
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss); the message says where it stopped."""
-
-
-def lr_schedule(base_lr: float, total_steps: int, warmup_steps: int) -> list[float]:
-    """Per-step learning rates: linear warm-up from base_lr / warmup_steps, then half-cosine to 0."""
-    lrs = []
-    for step in range(total_steps):
-        if step < warmup_steps:
-            lrs.append(base_lr * (step + 1) / warmup_steps)
-        else:
-            t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-            lrs.append(0.5 * base_lr * (1.0 + math.cos(math.pi * t)))
-    return lrs
-
-
-def scaled_lr(phase_cfg: PhaseConfig, world_size: int) -> float:
-    """Base lr is for a batch of 256 images per stream; scale linearly with the global batch."""
-    return phase_cfg.lr * phase_cfg.batch_size * world_size / 256.0
-
-
-def _micro_batches(batches: dict[str, tuple[torch.Tensor, torch.Tensor]], n: int) -> list[dict]:
-    """Split every stream's batch into ``n`` near-equal parts (gradient accumulation)."""
-    parts = {k: (x.tensor_split(n), y.tensor_split(n)) for k, (x, y) in batches.items()}
-    micro = [{k: (xs[i], ys[i]) for k, (xs, ys) in parts.items() if len(ys[i])} for i in range(n)]
-    return [m for m in micro if m]
-
-
-def _forward_backward(method: nn.Module, model: nn.Module, batches: dict, epoch: int, phase_cfg: PhaseConfig,
-                      scaler: torch.amp.GradScaler, device: torch.device, precision: str, desc: str) -> dict:
-    """Loss and gradients of one step, in ``grad_accum`` micro-batches whose losses and gradients add
-    up to the full batch's (each stream's term is weighted by the micro-batch's share of that stream)."""
-    total = sum(len(y) for _, y in batches.values())
-    losses, logits, labels = [], [], []
-    try:
-        for micro in _micro_batches(batches, phase_cfg.grad_accum):
-            shares = {k: len(micro[k][1]) / len(y) if k in micro else 0.0 for k, (_, y) in batches.items()}
-            with autocast(device, precision):
-                out = method(model, micro, epoch, phase_cfg.epochs, shares)
-            scaler.scale(out["loss"]).backward()
-            losses.append(out["loss"].detach())
-            logits.append(out["logits"].detach())
-            labels.append(out["labels"])
-    except torch.cuda.OutOfMemoryError:
-        per_stream = max(len(y) for _, y in batches.values())
-        raise TrainingError(
-            f"{desc}: GPU out of memory at batch size {per_stream} per stream ({total} images per step); lower "
-            f"{desc}.batch_size or set {desc}.grad_accum={2 * phase_cfg.grad_accum} (same batch, less memory)"
-        ) from None
-    return {"loss": torch.stack(losses).sum(), "logits": torch.cat(logits), "labels": torch.cat(labels)}
+FRESH = {"epoch": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "records": []}
 
 
 class Interrupted(RuntimeError):
     """Training stopped on SIGINT / SIGTERM after saving a resumable state."""
 
 
-def train_phase(
-    model: nn.Module,
-    method: nn.Module,
-    stream: Iterable,
-    phase_cfg: PhaseConfig,
-    *,
-    device: torch.device,
-    precision: str = "fp32",
-    dist: DistContext = DistContext(),
-    progress: bool = True,
-    desc: str = "train",
-    on_epoch_end: Callable[[dict], None] | None = None,
-    log_every: int = 10,
-    resume: dict[str, Any] | None = None,
-    save: Callable[[dict[str, Any]], None] | None = None,
-    checkpoint_every: int = 0,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> list[dict]:
-    """Train ``method``'s parameters of ``model`` for ``phase_cfg.epochs`` epochs over ``stream``.
+@dataclass
+class Cadence:
+    """When a phase saves its position (``save``): at every epoch end, every ``every`` steps, and when
+    ``should_stop()`` turns true (then ``Interrupted`` is raised). ``resume`` is a saved position to start from."""
+
+    save: Callable[[dict[str, Any]], None] | None = None
+    every: int = 0
+    should_stop: Callable[[], bool] = lambda: False
+    resume: dict[str, Any] | None = None
+
+
+@dataclass
+class Tally:
+    """An epoch's running loss and accuracy, kept on the device (no host sync per step), and the first step
+    whose loss was not finite."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int
+    first_bad: torch.Tensor
+    seen_at_start: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def begin(cls, sums: dict[str, Any], device: torch.device) -> Tally:
+        return cls(torch.tensor(float(sums["loss_sum"]), device=device),
+                   torch.tensor(int(sums["correct"]), device=device, dtype=torch.long), int(sums["seen"]),
+                   torch.full((), -1, device=device, dtype=torch.long), seen_at_start=int(sums["seen"]))
+
+    def add(self, out: dict[str, torch.Tensor], step: int) -> None:
+        loss = out["loss"].detach()
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss), step, self.first_bad)
+        self.loss_sum += loss
+        self.correct += (out["logits"].detach().argmax(1) == out["labels"]).sum()
+        self.seen += len(out["labels"])
+
+    def check_finite(self, desc: str, steps_per_epoch: int) -> None:
+        if self.first_bad.item() >= 0:
+            bad = self.first_bad.item()
+            raise TrainingError(f"{desc}: loss is not finite at epoch {bad // steps_per_epoch + 1}, step {bad}; "
+                                "stopping (the last checkpoint written is the last good one)")
+
+    def images_per_s(self, world_size: int) -> float:
+        return (self.seen - self.seen_at_start) * world_size / max(time.perf_counter() - self.start, 1e-9)
+
+
+class PhaseTrainer:
+    """Train ``method``'s parameters of ``model`` in ``phase`` for ``phase_cfg.epochs`` epochs over ``stream``.
 
     ``stream`` yields one dict of ``{stream_name: (images, labels)}`` per iteration and has
-    ``set_epoch(epoch, start_step)`` and ``len``. Returns one record per epoch (loss, accuracy,
-    lr, images/s).
-
-    Resumable: ``save`` receives the position (epoch, next step, running sums, finished records,
-    optimizer state) at the end of every epoch, every ``checkpoint_every`` steps, and when
-    ``should_stop()`` turns true (then ``Interrupted`` is raised); ``resume`` is such a position.
+    ``set_epoch(epoch, start_step)``, ``len`` and optionally ``finish`` (applied on the device, e.g. the
+    normalisation of uint8 images). ``run()`` returns one record per epoch (loss, accuracy, lr, images/s).
     """
-    params = method.prepare(model)
-    opt = torch.optim.SGD(params, lr=0.0, momentum=phase_cfg.momentum, weight_decay=phase_cfg.weight_decay)
-    steps_per_epoch = len(stream)
-    warmup = round(phase_cfg.warmup_epochs * steps_per_epoch)
-    lrs = lr_schedule(scaled_lr(phase_cfg, dist.world_size), phase_cfg.epochs * steps_per_epoch, warmup)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
-    resume = resume or {"epoch": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "records": []}
-    if resume.get("optimizer") is not None:
-        opt.load_state_dict(resume["optimizer"])
-    records = list(resume["records"])
-    for epoch in range(resume["epoch"], phase_cfg.epochs):
-        first = resume["step"] if epoch == resume["epoch"] else 0
-        stream.set_epoch(epoch, start_step=first)
-        model.train()
-        method.train()
-        sums = resume if epoch == resume["epoch"] else {"loss_sum": 0.0, "correct": 0, "seen": 0}
-        loss_sum = torch.tensor(float(sums["loss_sum"]), device=device)
-        correct = torch.tensor(int(sums["correct"]), device=device, dtype=torch.long)
-        first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first non-finite step, kept on device
-        seen, start = int(sums["seen"]), time.perf_counter()
-        seen_at_start = seen
 
-        def check_finite() -> None:
-            if first_bad.item() >= 0:
-                bad = first_bad.item()
-                raise TrainingError(f"{desc}: loss is not finite at epoch {bad // steps_per_epoch + 1}, step "
-                                    f"{bad}; stopping (the last checkpoint written is the last good one)")
+    def __init__(self, model: nn.Module, method: Method, phase: str, stream: Iterable, phase_cfg: PhaseConfig,
+                 env: Env, desc: str, cadence: Cadence = Cadence(),
+                 on_epoch_end: Callable[[dict], None] | None = None, log_every: int = 10):
+        params = method.prepare(model, phase)
+        self.steps = len(stream)
+        lrs = lr_schedule(scaled_lr(phase_cfg, env.dist.world_size), phase_cfg.epochs * self.steps,
+                          round(phase_cfg.warmup_epochs * self.steps))
+        self.step = TrainStep(model, method, params, phase_cfg, lrs, env, desc)
+        self.model, self.method, self.stream, self.cfg = model, method, stream, phase_cfg
+        self.env, self.desc = env, desc
+        self.cadence, self.on_epoch_end, self.log_every = cadence, on_epoch_end, log_every
+        self.finish = getattr(stream, "finish", None) or (lambda x: x)
 
-        def position(next_epoch: int, next_step: int, finished: list[dict]) -> dict[str, Any]:
-            check_finite()
-            mid = next_step > 0
-            return {"epoch": next_epoch, "step": next_step, "records": finished, "optimizer": opt.state_dict(),
-                    "loss_sum": loss_sum.item() if mid else 0.0, "correct": correct.item() if mid else 0,
-                    "seen": seen if mid else 0}
+    def run(self) -> list[dict]:
+        position = self.cadence.resume or FRESH
+        if position.get("optimizer") is not None:
+            self.step.optimizer.load_state_dict(position["optimizer"])
+        records = list(position["records"])
+        for epoch in range(position["epoch"], self.cfg.epochs):
+            resumed = epoch == position["epoch"]
+            tally = Tally.begin(position if resumed else FRESH, self.env.device)
+            records.append(self.epoch(epoch, position["step"] if resumed else 0, tally, records))
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(records[-1])
+            if self.cadence.save is not None:
+                self.cadence.save(self.position(epoch + 1, 0, records, tally))
+                if self.cadence.should_stop() and epoch + 1 < self.cfg.epochs:
+                    raise Interrupted(f"{self.desc}: stopped after epoch {epoch + 1}")
+        return records
 
-        finish = getattr(stream, "finish", None) or (lambda x: x)  # e.g. normalisation of uint8 images
-        bar = tqdm(stream, desc=f"{desc} {epoch + 1}/{phase_cfg.epochs}", disable=not progress or None,
-                   leave=False, mininterval=2.0, initial=first, total=steps_per_epoch)
-        step = epoch * steps_per_epoch + first - 1
+    def epoch(self, epoch: int, first: int, tally: Tally, records: list[dict]) -> dict:
+        """One epoch from step ``first``: the step, the tally and the position saves; returns its record."""
+        self.stream.set_epoch(epoch, start_step=first)
+        self.model.train()
+        self.method.train()
+        bar = tqdm(self.stream, desc=f"{self.desc} {epoch + 1}/{self.cfg.epochs}", leave=False, mininterval=2.0,
+                   disable=not self.env.progress or None, initial=first, total=self.steps)
+        step = epoch * self.steps + first - 1
         for i, batches in enumerate(bar, start=first):
-            step = epoch * steps_per_epoch + i
-            for group in opt.param_groups:
-                group["lr"] = lrs[step]
-            batches = {k: (finish(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
-                       for k, (x, y) in batches.items()}
-            opt.zero_grad(set_to_none=True)
-            out = _forward_backward(method, model, batches, epoch, phase_cfg, scaler, device, precision, desc)
-            dist.average_gradients(params)
-            scaler.step(opt)
-            scaler.update()
-            loss = out["loss"].detach()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
-            loss_sum += loss
-            correct += (out["logits"].detach().argmax(1) == out["labels"]).sum()
-            seen += len(out["labels"])
-            if i % log_every == 0 or i == steps_per_epoch - 1:
-                check_finite()
-                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{100.0 * correct.item() / seen:.1f}",
-                                img_s=f"{(seen - seen_at_start) * dist.world_size / (time.perf_counter() - start):.0f}")
-            if i + 1 < steps_per_epoch and save is not None:
-                if should_stop():
-                    save(position(epoch, i + 1, records))
-                    raise Interrupted(f"{desc}: stopped at epoch {epoch + 1}, step {step + 1}")
-                if checkpoint_every and (step + 1) % checkpoint_every == 0:
-                    save(position(epoch, i + 1, records))
-        check_finite()
-        seconds = time.perf_counter() - start
+            step = epoch * self.steps + i
+            batches = {k: (self.finish(x.to(self.env.device, non_blocking=True)),
+                           y.to(self.env.device, non_blocking=True)) for k, (x, y) in batches.items()}
+            out = self.step(batches, step, epoch)
+            tally.add(out, step)
+            if i % self.log_every == 0 or i == self.steps - 1:
+                tally.check_finite(self.desc, self.steps)
+                bar.set_postfix(loss=f"{out['loss'].item():.3f}",
+                                acc=f"{100.0 * tally.correct.item() / tally.seen:.1f}",
+                                img_s=f"{tally.images_per_s(self.env.dist.world_size):.0f}")
+            if i + 1 < self.steps:
+                self.save_within_epoch(epoch, i + 1, step, records, tally)
+        tally.check_finite(self.desc, self.steps)
+        return self.record(epoch, step, tally)
+
+    def save_within_epoch(self, epoch: int, next_step: int, step: int, records: list[dict], tally: Tally) -> None:
+        """Save the position on a stop request (then raise Interrupted) or every ``cadence.every`` steps."""
+        if self.cadence.save is None:
+            return
+        if self.cadence.should_stop():
+            self.cadence.save(self.position(epoch, next_step, records, tally))
+            raise Interrupted(f"{self.desc}: stopped at epoch {epoch + 1}, step {step + 1}")
+        if self.cadence.every and (step + 1) % self.cadence.every == 0:
+            self.cadence.save(self.position(epoch, next_step, records, tally))
+
+    def position(self, next_epoch: int, next_step: int, records: list[dict], tally: Tally) -> dict[str, Any]:
+        """Where a resumed run continues: the next epoch and step, the finished epochs' records, the optimizer,
+        and mid-epoch the running sums."""
+        tally.check_finite(self.desc, self.steps)
+        mid = next_step > 0
+        return {"epoch": next_epoch, "step": next_step, "records": list(records),
+                "optimizer": self.step.optimizer.state_dict(), "loss_sum": tally.loss_sum.item() if mid else 0.0,
+                "correct": tally.correct.item() if mid else 0, "seen": tally.seen if mid else 0}
+
+    def record(self, epoch: int, step: int, tally: Tally) -> dict:
+        seconds = time.perf_counter() - tally.start
+        lrs = self.step.lrs
         record = {
-            "phase": desc, "epoch": epoch + 1, "loss": loss_sum.item() / steps_per_epoch,
-            "train_acc": 100.0 * correct.item() / max(seen, 1), "lr": lrs[min(step, len(lrs) - 1)],
-            "seconds": seconds, "images_per_s": (seen - seen_at_start) * dist.world_size / max(seconds, 1e-9),
+            "phase": self.desc, "epoch": epoch + 1, "loss": tally.loss_sum.item() / self.steps,
+            "train_acc": 100.0 * tally.correct.item() / max(tally.seen, 1), "lr": lrs[min(step, len(lrs) - 1)],
+            "seconds": seconds,
+            "images_per_s": (tally.seen - tally.seen_at_start) * self.env.dist.world_size / max(seconds, 1e-9),
         }
-        log.info("%s epoch %d/%d: loss %.4f, train acc %.2f%%, %.0f images/s", desc, epoch + 1, phase_cfg.epochs,
+        log.info("%s epoch %d/%d: loss %.4f, train acc %.2f%%, %.0f images/s", self.desc, epoch + 1, self.cfg.epochs,
                  record["loss"], record["train_acc"], record["images_per_s"])
-        records.append(record)
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-        if save is not None:
-            save(position(epoch + 1, 0, records))
-            if should_stop() and epoch + 1 < phase_cfg.epochs:
-                raise Interrupted(f"{desc}: stopped after epoch {epoch + 1}")
-    return records
+        return record
 
 
 class TensorBoardLog:

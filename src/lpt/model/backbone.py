@@ -19,6 +19,7 @@ from timm.models import load_state_dict as timm_load_state_dict
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
 
 from lpt.model.bundled import BUNDLED, bundled_backbone
+from lpt.model.state import load_strict
 from lpt.utils import log
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
@@ -87,11 +88,48 @@ def load_weights_file(model: VisionTransformer, path: Path) -> None:
     state = checkpoint_filter_fn(timm_load_state_dict(str(path), weights_only=True), model)
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist.", "fc_norm."))
              or k in model.state_dict()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise BackboneError(f"{path}: weights do not fit this backbone: missing {missing[:4]}"
-                            f"{' ...' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
-                            f"{' ...' if len(unexpected) > 4 else ''}")
+    load_strict(model, state, str(path), hint="; the weights do not fit this backbone", error=BackboneError)
+
+
+def backbone_geometry(name: str, **kwargs: Any) -> tuple[int, tuple[int, int] | None, tuple[int, int]]:
+    """Depth, input size (None when the ViT takes any size) and patch size of a backbone, from its
+    architecture alone: built on the meta device, so no weights are read or downloaded."""
+    bundle = bundled_backbone(name)
+    if bundle is not None:
+        kwargs = {**bundle.args, **kwargs}
+    arch = bundle.arch if bundle is not None else name.split(".")[0]
+    if not timm.is_model(arch):
+        raise BackboneError(f"unknown backbone '{name}'; see timm.list_models('vit_*') for valid names, "
+                            f"or the bundled {', '.join(BUNDLED)}")
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    except (RuntimeError, TypeError, KeyError, ValueError, AssertionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackboneError(f"backbone '{name}' with {kwargs}: {first}") from None
+    check_vit_layout(model, name)
+    pe = model.patch_embed
+    size = None if getattr(pe, "dynamic_img_size", False) else tuple(pe.img_size)
+    return len(model.blocks), size, tuple(pe.patch_size)
+
+
+def _weights_source(name: str, bundle, checkpoint: str, pretrained: bool) -> tuple[Path | None, str]:
+    """The weights file to load (None: timm's hub or random) and the identity's ``source``; refuses a missing
+    or unknown file."""
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise BackboneError(f"backbone checkpoint {path} does not exist")
+        if path.suffix not in WEIGHT_SUFFIXES:
+            raise BackboneError(f"backbone checkpoint {path}: expected one of {', '.join(WEIGHT_SUFFIXES)}")
+        return path, "file"
+    if bundle is not None and bundle.weights:
+        path = bundle.weights_path()
+        if not path.is_file():
+            raise BackboneError(f"backbone '{name}': its weights {path} are missing from the lpt installation; "
+                                "reinstall lpt")
+        return path, "bundled"
+    return None, "timm-pretrained" if pretrained else "random"
 
 
 def create_backbone(
@@ -122,21 +160,7 @@ def create_backbone(
                             f"or the bundled {', '.join(BUNDLED)}")
     if layer_norm_eps < 0:
         raise BackboneError(f"layer_norm_eps is {layer_norm_eps}; expected 0 (timm's default) or a positive number")
-    path = Path(checkpoint) if checkpoint else None
-    if path is not None:
-        if not path.is_file():
-            raise BackboneError(f"backbone checkpoint {path} does not exist")
-        if path.suffix not in WEIGHT_SUFFIXES:
-            raise BackboneError(f"backbone checkpoint {path}: expected one of {', '.join(WEIGHT_SUFFIXES)}")
-    elif bundle is not None and bundle.weights:
-        path = bundle.weights_path()
-        if not path.is_file():
-            raise BackboneError(f"backbone '{name}': its weights {path} are missing from the lpt installation; "
-                                "reinstall lpt")
-    if path is None:
-        source = "timm-pretrained" if pretrained else "random"
-    else:
-        source = "file" if checkpoint else "bundled"
+    path, source = _weights_source(name, bundle, checkpoint, pretrained)
     try:
         model = timm.create_model(arch if bundle is not None else name, num_classes=0,
                                   pretrained=pretrained and path is None, **kwargs)

@@ -205,5 +205,8 @@ class LPT(nn.Module):
 
     @torch.no_grad()
     def match(self, images: torch.Tensor) -> torch.Tensor:
-        """Indices ``[B, k]`` of the groups selected for each image, most similar first."""
+        """Indices ``[B, k]`` of the groups selected for each image, most similar first (phase 2 only: in
+        phase 1 the keys never trained, so a match would mean nothing)."""
+        if self.phase != 2:
+            raise ValueError("match() needs a phase-2 model; this one is in phase 1, its group keys never trained")
         return self.pool.select(self.query(images))[0]

@@ -28,7 +28,7 @@ def cpu_model() -> str:
 
 def hardware(device: torch.device) -> dict[str, Any]:
     """Device, CPU model and cores, GPU name, and the library versions."""
-    from lpt import __version__
+    from lpt.version import __version__
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {"device": str(device), "gpu": gpu, "cpu": cpu_model(), "cpu_cores": os.cpu_count(),

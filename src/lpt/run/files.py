@@ -1,0 +1,336 @@
+"""The run directory: every file lpt writes into it, how it is written and how it is read back.
+
+================== =========================================================================
+``config.yaml``    the resolved config (written first, with ``classes.json``)
+``classes.json``   class names and training images per class (shot groups come from these)
+``metrics.jsonl``  one record per epoch and per phase evaluation, appended as training goes
+``resume.safetensors`` the resumable state (trained tensors, optimizer, RNG, position), marked
+                   ``finished`` once the run is done
+``model.safetensors`` what was trained (prompts, keys, classifier; the backbone for full
+                   fine-tuning) with metadata: phase, backbone identity, model config
+``metrics.json``   the final shot-split metrics
+``run.json``       method, backbone identity, per-phase summary (accuracy, size, speed), timings
+``predictions.npz`` labels, predictions, top-5 and matched groups of the final evaluation
+``train.log``, ``tensorboard/``, ``bad_images.txt`` (with ``data.skip_bad_images``)
+``backbone.safetensors`` an imported official run's ViT (``model.checkpoint`` names it relatively)
+================== =========================================================================
+
+Reports (``report.*``) and analyses (``analysis*``) are written later by ``lpt report`` and
+``lpt analyze``. Every file is written atomically (a temporary file, then a rename). A fresh run
+only starts in a new or empty directory (:func:`check_claim`): a finished or interrupted run, or any
+other non-empty folder, is never written over.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import io
+import json
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lpt.config import Config, ConfigError, from_dict, read_yaml, save_config
+from lpt.methods import get_method
+from lpt.model.state import CheckpointError, read_tensors, save_tensors
+from lpt.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, log
+
+CONFIG, CLASSES, METRICS, METRICS_LOG = "config.yaml", "classes.json", "metrics.json", "metrics.jsonl"
+RUN_INFO, CHECKPOINT, RESUME = "run.json", "model.safetensors", "resume.safetensors"
+PREDICTIONS, BACKBONE = "predictions.npz", "backbone.safetensors"
+TRAIN_LOG, TENSORBOARD, BAD_IMAGES, LOCK = "train.log", "tensorboard", "bad_images.txt", ".lock"
+
+
+# ----------------------------------------------------------------------------- claiming a directory
+
+
+def run_state(run_dir: Path) -> str:
+    """``new`` (absent or empty, a stale lock aside), ``finished``, ``interrupted`` (a resumable state),
+    ``started`` (set up, stopped before its first save) or ``other`` (not an lpt run)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists() or not [p for p in run_dir.iterdir() if p.name != LOCK]:
+        return "new"
+    if not run_dir.is_dir() or not (run_dir / CONFIG).is_file() or not (run_dir / CLASSES).is_file():
+        return "other"
+    if (run_dir / METRICS).is_file() and (run_dir / RUN_INFO).is_file():
+        return "finished"
+    return "interrupted" if (run_dir / RESUME).is_file() else "started"
+
+
+def check_claim(run_dir: Path, overwrite: bool = False) -> str:
+    """Refuse a directory a fresh run may not write into, touching nothing; returns its state. New or empty
+    directories are fine; an earlier lpt run only with ``overwrite``; anything else never."""
+    state = run_state(run_dir)
+    if state == "other":
+        raise ConfigError(f"--out {run_dir} is a non-empty folder that is not an lpt run; choose a new or empty "
+                          "directory (nothing was written)")
+    if state != "new" and not overwrite:
+        hint = (f"continue it with `lpt train --resume {run_dir}`, " if state == "interrupted" else "")
+        raise ConfigError(f"--out {run_dir} already holds a {state} lpt run; {hint}choose a new directory, or add "
+                          "--overwrite to delete it first (nothing was written)")
+    return state
+
+
+def clear(run_dir: Path) -> None:
+    """Delete an earlier lpt run's files (``--overwrite``), so that none of them survives beside the new run's."""
+    state = check_claim(run_dir, overwrite=True)
+    if state != "new":
+        log.warning("--overwrite: deleting the %s run in %s", state, run_dir)
+    for child in Path(run_dir).iterdir():
+        if child.name != LOCK:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def release_if_unused(run_dir: Path, created: bool) -> None:
+    """After a start that failed before writing anything: remove the lock, and the directory if this run made it."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and not [p for p in run_dir.iterdir() if p.name != LOCK]:
+        (run_dir / LOCK).unlink(missing_ok=True)
+        if created:
+            run_dir.rmdir()
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """Hold an exclusive lock on the run directory; refuse one that another process holds."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / LOCK, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        owner = fh.read().strip() or "unknown"
+        fh.close()
+        raise ConfigError(f"run directory {run_dir} is in use by another lpt process (pid {owner})") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_setup(run_dir: Path, cfg: Config, classes: list[str], train_counts: list[int]) -> None:
+    """The files that describe a run before it trains: config.yaml and classes.json."""
+    save_config(cfg, run_dir / CONFIG)
+    atomic_write_json(run_dir / CLASSES, {"classes": classes, "train_counts": train_counts})
+
+
+def open_train_log(run_dir: Path) -> logging.Handler:
+    """train.log beside the console log; the caller removes and closes the handler."""
+    handler = logging.FileHandler(run_dir / TRAIN_LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return handler
+
+
+def write_bad_images(run_dir: Path, lines: list[str]) -> Path:
+    atomic_write_text(run_dir / BAD_IMAGES, "".join(line + "\n" for line in lines))
+    return run_dir / BAD_IMAGES
+
+
+def append_record(run_dir: Path, record: dict) -> None:
+    """One line of metrics.jsonl (an epoch's or a phase evaluation's record)."""
+    with (run_dir / METRICS_LOG).open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def count_records(run_dir: Path) -> int:
+    path = run_dir / METRICS_LOG
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def truncate_records(run_dir: Path, keep: int) -> None:
+    """Drop the records written after the state a run resumes from."""
+    path = run_dir / METRICS_LOG
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(lines[:keep]))
+
+
+def write_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """model.safetensors: what was trained, with ``phase``, ``num_classes``, ``backbone`` (identity) and ``model``."""
+    save_tensors(run_dir / CHECKPOINT, tensors, meta)
+
+
+def write_metrics(run_dir: Path, metrics: dict) -> None:
+    """metrics.json: the final evaluation's shot-split metrics."""
+    atomic_write_json(run_dir / METRICS, metrics)
+
+
+def write_run_info(run_dir: Path, info: dict) -> None:
+    """run.json: method, backbone identity, per-phase summary, timings (or, imported, where the run came from)."""
+    atomic_write_json(run_dir / RUN_INFO, info)
+
+
+def write_predictions(run_dir: str | Path, outputs: dict[str, np.ndarray]) -> Path:
+    """Save an evaluation's arrays (``labels``, ``preds``, ``top5``, ``groups``) as ``predictions.npz``."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in outputs.items()})
+    path = Path(run_dir) / PREDICTIONS
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_config(run_dir: Path) -> Config:
+    """A run's config. A relative ``model.checkpoint`` that names a file inside the run directory is read from
+    there (an imported official run carries its backbone), so a run directory can be moved or copied whole."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError(f"{run_dir} is not an lpt run directory (no {CONFIG})")
+    cfg = from_dict(read_yaml(run_dir / CONFIG))
+    path = Path(cfg.model.checkpoint)
+    if cfg.model.checkpoint and not path.is_absolute() and (run_dir / path).is_file():
+        cfg = copy.deepcopy(cfg)
+        cfg.model.checkpoint = str(run_dir / path)
+    return cfg
+
+
+def read_classes(run_dir: Path) -> tuple[list[str], list[int]]:
+    """Class names and training counts; ConfigError if the run never finished setting up."""
+    if not (Path(run_dir) / CLASSES).is_file():
+        raise ConfigError(f"{run_dir} has no {CLASSES}; the run did not finish setting up")
+    info = _read_json(Path(run_dir) / CLASSES)
+    return info["classes"], [int(n) for n in info["train_counts"]]
+
+
+def read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The trained tensors and metadata of model.safetensors."""
+    return read_tensors(Path(run_dir) / CHECKPOINT)
+
+
+def method_label(method: str, phase: int | None = None) -> str:
+    """Readable method name, with the phase for a two-phase method (``LPT phase 2``)."""
+    try:
+        cls = get_method(method)
+    except ConfigError:
+        return method
+    return f"{cls.label} phase {phase}" if phase and len(cls.phases) > 1 else cls.label
+
+
+@dataclass
+class RunFiles:
+    """What a run directory says about itself.
+
+    Attributes:
+        path: the run directory.
+        config: the resolved configuration as a plain dict.
+        classes: class names, indexed by label.
+        train_counts: training images per class.
+        metrics: ``metrics.json`` (final evaluation).
+        info: ``run.json`` (backbone identity, per-phase summary, timings); empty if absent.
+        epochs: per-epoch training records from ``metrics.jsonl``, in order (the last record of a
+            repeated (phase, epoch) wins, as after a resumed run).
+        evals: per-phase evaluation records from ``metrics.jsonl``.
+        predictions: ``predictions.npz`` as arrays (``labels``, ``preds``, ``top5``, maybe ``groups``),
+            or None.
+    """
+
+    path: Path
+    config: dict[str, Any]
+    classes: list[str]
+    train_counts: list[int]
+    metrics: dict[str, Any]
+    info: dict[str, Any]
+    epochs: list[dict[str, Any]]
+    evals: list[dict[str, Any]]
+    predictions: dict[str, np.ndarray] | None
+
+    @property
+    def method(self) -> str:
+        return self.info.get("method") or self.config.get("method", "lpt")
+
+    @property
+    def method_label(self) -> str:
+        """Readable method name, with the phase for LPT (``LPT phase 2``)."""
+        return method_label(self.method, self.metrics.get("phase", 1))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc})") from None
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict], list[dict]]:
+    epochs: dict[tuple[str, int], dict] = {}
+    evals: dict[str, dict] = {}
+    if not path.is_file():
+        return [], []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if "epoch" in record:
+            epochs.pop((record["phase"], record["epoch"]), None)  # re-insert: a repeated epoch moves to the end
+            epochs[(record["phase"], record["epoch"])] = record
+        elif "eval" in record:
+            evals.pop(record["phase"], None)
+            evals[record["phase"]] = record
+    return list(epochs.values()), list(evals.values())
+
+
+def read_run(run_dir: str | Path) -> RunFiles:
+    """Read a run directory; raise ConfigError naming what is missing."""
+    path = Path(run_dir)
+    for name in (CONFIG, CLASSES, METRICS):
+        if not (path / name).is_file():
+            hint = " (evaluate it with `lpt eval`, or train it to the end)" if name == METRICS else ""
+            raise ConfigError(f"{path} has no {name}: not a finished lpt run{hint}")
+    classes, counts = read_classes(path)
+    info = _read_json(path / RUN_INFO) if (path / RUN_INFO).is_file() else {}
+    epochs, evals = _read_jsonl(path / METRICS_LOG)
+    return RunFiles(path=path, config=read_yaml(path / CONFIG), classes=classes, train_counts=counts,
+                    metrics=_read_json(path / METRICS), info=info, epochs=epochs, evals=evals,
+                    predictions=read_predictions(path))
+
+
+def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray] | None:
+    path = Path(run_dir) / PREDICTIONS
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is not a readable predictions file ({exc}); delete it and run `lpt report` "
+                          "to compute it again") from None
+
+
+def trained_params(run_dir: str | Path) -> int | None:
+    """Parameters the run trained, from the shapes in ``model.safetensors`` (no tensor is read).
+
+    The checkpoint holds every tensor lpt may train; the group pool (``pool.*``) only trains in
+    phase 2, so a phase-1 model's pool is left out. None when there is no checkpoint.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = json.loads((f.metadata() or {}).get("lpt", "{}"))
+            phase = int(meta.get("phase", 1))
+            return sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys()
+                       if phase == 2 or not k.startswith("pool."))
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({exc})") from None

@@ -1,0 +1,123 @@
+"""A run reloaded for use: its model on the device, its config, classes, evaluation transform and predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lpt.config import Config, ConfigError, apply_overrides, from_dict, to_dict
+from lpt.data import build_test_dataset, build_transform
+from lpt.distributed import DistContext
+from lpt.evaluation import evaluate
+from lpt.methods import get_method
+from lpt.metrics import shot_accuracy
+from lpt.model import LPT, BackboneIdentity
+from lpt.model.build import build_model
+from lpt.model.state import CheckpointError, load_strict
+from lpt.run import files
+from lpt.run.predict import predict_images
+from lpt.utils import resolve_device
+
+
+@dataclass
+class Run:
+    """A reloaded run: the model in eval mode and what it was trained with.
+
+    ``run.model(images)`` takes float images ``[B, 3, S, S]`` at the run's size S
+    (``config.data.img_size``), normalised with ``config.data.mean`` / ``std``, as ``run.transform``
+    makes them from a PIL image, and returns unscaled logits: cosines in [-1, 1] for the cosine head.
+    ``run.predict`` returns probabilities, ``softmax(loss.scale * logits)``, as ``lpt predict`` prints.
+    """
+
+    model: LPT
+    config: Config
+    classes: list[str]
+    train_counts: list[int]
+    identity: BackboneIdentity
+    path: Path
+
+    @property
+    def transform(self):
+        """The evaluation transform of the run (PIL image -> normalised float tensor ``[3, S, S]``)."""
+        return build_transform(self.config.data, train=False)
+
+    @property
+    def logit_scale(self) -> float:
+        """What the training softmax multiplied the model's logits by (``loss.scale``; the losses apply it)."""
+        return self.config.loss.scale
+
+    def predict(self, images: Sequence[Any] | torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Class probabilities ``[N, C]`` of image paths, PIL images, or a batch already made by ``transform``."""
+        return predict_images(self.model, self.transform, self.logit_scale, images, batch_size)
+
+
+def load_trained(model: LPT, identity: BackboneIdentity, run_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load a run's trained tensors (model.safetensors) onto ``model``, all but those named with a prefix in
+    ``skip``, refusing a different backbone; sets the model's phase and returns the metadata."""
+    tensors, meta = files.read_checkpoint(run_dir)
+    path = Path(run_dir) / files.CHECKPOINT
+    theirs = meta.get("backbone", {})
+    if theirs.get("fingerprint") != identity.fingerprint:
+        raise CheckpointError(
+            f"{path} was trained on backbone {theirs.get('name')} ({theirs.get('source')}, fingerprint "
+            f"{theirs.get('fingerprint')}), not on {identity.name} ({identity.source}, "
+            f"fingerprint {identity.fingerprint})"
+        )
+    load_strict(model, tensors, str(path), expected=model.trained_tensors(), skip=skip)
+    model.set_phase(int(meta.get("phase", 1)))
+    return meta
+
+
+def build_run_model(cfg: Config, num_classes: int) -> tuple[LPT, BackboneIdentity]:
+    """The model of a run's config: the method decides whether the backbone trains."""
+    return build_model(cfg.model, num_classes, cfg.seed, train_backbone=get_method(cfg.method).trains_backbone)
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Reload a run directory: rebuild the backbone, check its fingerprint, load what was trained.
+
+    Returns the model in eval mode, in the phase it finished.
+    """
+    run_dir = Path(run_dir)
+    cfg = files.read_config(run_dir)
+    classes, counts = files.read_classes(run_dir)
+    model, identity = build_run_model(cfg, len(classes))
+    load_trained(model, identity, run_dir)
+    model.to(device).eval()
+    return Run(model, cfg, classes, counts, identity, run_dir)
+
+
+def with_data_overrides(cfg: Config, overrides: list[str] | None, command: str) -> Config:
+    """A run's config with ``data.*`` overrides applied (another split, root or list); other keys are refused."""
+    if not overrides:
+        return cfg
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise ConfigError(f"{command} override '{bad[0]}' must set a data.* key")
+    return from_dict(apply_overrides(to_dict(cfg), overrides))
+
+
+def shot_metrics(model: LPT, dataset, train_counts: list[int], cfg: Config, device: torch.device,
+                 dist: DistContext = DistContext(), desc: str = "eval") -> tuple[dict, dict]:
+    """Shot-split metrics of ``model`` on ``dataset`` (with the model's phase) and the evaluation's arrays."""
+    out = evaluate(model, dataset, device=device, batch_size=cfg.eval_batch_size, precision=cfg.precision,
+                   num_workers=cfg.data.num_workers, dist=dist, progress=cfg.progress, desc=desc)
+    return shot_accuracy(out["preds"], out["labels"], train_counts) | {"phase": model.phase}, out
+
+
+def evaluate_run(run_dir: str | Path, data_overrides: list[str] | None = None, device: str = "auto") -> dict:
+    """Metrics of a run on its test split (or another, through ``data.*`` overrides), as in metrics.json.
+
+    Shot groups always come from the run's own training counts.
+    """
+    run = load_run(run_dir, resolve_device(device))
+    cfg = with_data_overrides(run.config, data_overrides, "eval")
+    test = build_test_dataset(cfg.data)
+    if len(test.classes) != run.model.num_classes:
+        raise ConfigError(f"evaluation data has {len(test.classes)} classes, the run was trained on "
+                          f"{run.model.num_classes}")
+    return shot_metrics(run.model, test, run.train_counts, cfg, next(run.model.parameters()).device)[0]

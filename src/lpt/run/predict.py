@@ -1,0 +1,75 @@
+"""Class probabilities of a reloaded run on image files, PIL images or tensors, and top-k rows for ``lpt predict``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from lpt.config import ConfigError
+from lpt.data.datasets import load_rgb, to_rgb
+from lpt.model.lpt import LPT
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def expand_images(items: Iterable[str]) -> list[Path]:
+    """Files as given, folders expanded to the image files below them (sorted)."""
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise ConfigError(f"image or folder {path} does not exist")
+    if not paths:
+        raise ConfigError(f"no images found in {', '.join(map(str, items))}")
+    return paths
+
+
+def _as_tensor(item: Any, transform: Callable) -> torch.Tensor:
+    if isinstance(item, (str, Path)):
+        return transform(load_rgb(str(item)))
+    if isinstance(item, Image.Image):
+        return transform(to_rgb(item))
+    raise ConfigError(f"cannot predict on a {type(item).__name__}; give image paths, PIL images or a float "
+                      "tensor [N, 3, S, S] made by run.transform")
+
+
+def check_batch(images: torch.Tensor, model: LPT) -> None:
+    """Refuse what the model would misread: integer images, or a shape other than [N, 3, S, S] at its size."""
+    size = model.backbone.patch_embed.img_size
+    if not images.is_floating_point():
+        raise ConfigError(f"images are {images.dtype}; the model takes normalised float images (use run.transform "
+                          "or run.predict on paths / PIL images)")
+    if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != tuple(size):
+        raise ConfigError(f"images have shape {tuple(images.shape)}; the model takes [N, 3, {size[0]}, {size[1]}]")
+
+
+@torch.no_grad()
+def predict_images(model: LPT, transform: Callable, scale: float, images: Sequence[Any] | torch.Tensor,
+                   batch_size: int = 64) -> torch.Tensor:
+    """Probabilities ``softmax(scale * logits)`` ``[N, C]`` on the CPU, in the order given."""
+    device = next(model.parameters()).device
+    if isinstance(images, torch.Tensor):
+        check_batch(images, model)
+        chunks = images.split(batch_size)
+    else:
+        chunks = (torch.stack([_as_tensor(x, transform) for x in images[i : i + batch_size]])
+                  for i in range(0, len(images), batch_size))
+    probs = [(scale * model(chunk.to(device)).float()).softmax(dim=1).cpu() for chunk in chunks]
+    return torch.cat(probs)
+
+
+def predict_topk(run, paths: list[Path], k: int = 5, batch_size: int = 64) -> list[dict]:
+    """One record per image of ``run`` (an ``lpt.run.load.Run``): path, and the top-k classes with their
+    probabilities."""
+    k = min(k, len(run.classes))
+    top = run.predict(paths, batch_size).topk(k, dim=1)
+    return [{"path": str(path), "classes": [run.classes[i] for i in idx], "scores": val}
+            for path, idx, val in zip(paths, top.indices.tolist(), top.values.tolist())]

@@ -1,0 +1,239 @@
+"""Training a config into a run directory: set up, train each phase of the method, write the results.
+
+The files and their format are :mod:`lpt.run.files`; the loop is :mod:`lpt.engine`; what trains and
+with which loss is the method (:mod:`lpt.methods`). This module only puts them in order, and makes
+the run resumable: a resumable state after every epoch (and every ``checkpoint_every`` steps, and on
+SIGINT / SIGTERM), from which ``train(..., resume=True)`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lpt.version import __version__
+from lpt.config import Config, ConfigError, to_dict
+from lpt.data import DataSplits, TrainStream, build_datasets, build_train_stream, build_transform, with_transform
+from lpt.data.datasets import FeatureDataset
+from lpt.data.transforms import BatchNormalize
+from lpt.distributed import init_distributed
+from lpt.engine.resume import StopRequest, load_resume, save_resume
+from lpt.engine.step import Env
+from lpt.engine.trainer import Cadence, PhaseTrainer, TensorBoardLog
+from lpt.evaluation import evaluate, features
+from lpt.methods import Method, check_config, get_method
+from lpt.model import LPT, BackboneIdentity
+from lpt.model.build import check_fits
+from lpt.model.lpt import GROUP_PROMPTS
+from lpt.model.state import load_strict
+from lpt.run import files
+from lpt.run.load import build_run_model, load_trained, shot_metrics
+from lpt.utils import log, resolve_device
+
+
+def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train every phase of ``cfg`` into ``out_dir``; returns the final metrics (also in metrics.json).
+
+    A fresh run needs a new or empty ``out_dir`` (``overwrite`` deletes an earlier lpt run there first);
+    with ``resume``, it continues from ``out_dir``'s resumable state (the config must be the run's own).
+    SIGINT / SIGTERM save that state at the next step boundary and raise ``Interrupted``. Config errors,
+    those that depend on the backbone included, are raised before any data loads.
+    """
+    check_config(cfg)
+    check_fits(cfg.model, cfg.data.img_size)
+    device = resolve_device(cfg.device)
+    dist, device = init_distributed(device)
+    out_dir = Path(out_dir)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if dist.is_main and not resume:
+        files.check_claim(out_dir, overwrite)  # before the lock file: a refused folder is left untouched
+    created = not out_dir.exists()
+    try:
+        with files.run_lock(out_dir) if dist.is_main else nullcontext(), StopRequest().installed() as stop:
+            if dist.is_main and not resume and overwrite:
+                files.clear(out_dir)
+            return _train_locked(cfg, out_dir, resume, Env(device, cfg.precision, dist, cfg.progress), stop)
+    finally:
+        if dist.is_main:
+            files.release_if_unused(out_dir, created)
+
+
+@dataclass
+class _Training:
+    """What the steps of one ``train`` call share: built by ``_set_up``, then advanced phase by phase.
+
+    ``start`` is the resumable position the run starts from (a fresh run's: phase 0, nothing written).
+    ``summary`` (per finished phase) and ``metrics`` (of the last evaluation) grow as phases finish and go
+    into every resumable save; ``outputs`` are the last evaluation's arrays, for predictions.npz.
+    """
+
+    cfg: Config
+    out_dir: Path
+    env: Env
+    splits: DataSplits
+    model: LPT
+    identity: BackboneIdentity
+    start: dict[str, Any]
+    resumed: bool
+    summary: dict[str, Any]
+    metrics: dict | None
+    outputs: dict | None = None
+
+    def save(self, index: int, phase_position: dict | None, **extra: Any) -> None:
+        """Write the resumable state (main process): resume at phase ``index``, at ``phase_position`` within it."""
+        if self.env.dist.is_main:
+            save_resume(self.out_dir / files.RESUME, self.model.trained_tensors(), {
+                "phase_index": index, "phase": phase_position, "summary": self.summary, "metrics": self.metrics,
+                "jsonl_lines": files.count_records(self.out_dir)} | extra)
+
+
+def _train_locked(cfg: Config, out_dir: Path, resume: bool, env: Env, stop: StopRequest) -> dict:
+    """``train`` once the run lock and the signal handlers are held: set up, train the phases, write the results;
+    train.log and TensorBoard are closed even when training fails."""
+    started = time.time()
+    run = _set_up(cfg, out_dir, resume, env)
+    handler, tensorboard = _open_run_dir(run) if env.dist.is_main else (None, None)
+    log.info("run %s%s: %d classes, %d training and %d test images, backbone %s (%s)", out_dir,
+             f" resumed at phase {run.start['phase_index'] + 1}" if run.resumed else "", run.splits.num_classes,
+             len(run.splits.train), len(run.splits.test), run.identity.name, run.identity.source)
+    try:
+        _run_phases(run, stop, tensorboard)
+        if env.dist.is_main:
+            _write_results(run, started)
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+    return run.metrics
+
+
+def _set_up(cfg: Config, out_dir: Path, resume: bool, env: Env) -> _Training:
+    """Data and model on the device, restored from the resumable state with ``resume`` (a finished run is
+    refused before any data loads), else from ``cfg.init`` when set. Every process runs it: it writes nothing."""
+    state = _read_resume(out_dir) if resume else None
+    splits = build_datasets(cfg.data)
+    model, identity = build_run_model(cfg, splits.num_classes)
+    if state is not None:
+        load_strict(model, state[0], str(out_dir / files.RESUME), expected=model.trained_tensors())
+        state[2]()  # RNG states of the moment the run stopped
+    elif cfg.init:  # phase 1's tensors only: group prompts and keys start fresh, whatever m or k the run uses
+        load_trained(model, identity, Path(cfg.init), skip=(GROUP_PROMPTS,))
+    model.to(env.device)
+    if cfg.compile:
+        model.compile_forwards()
+    start = state[1] if state is not None else {"phase_index": 0, "phase": None, "summary": {}, "jsonl_lines": 0}
+    return _Training(cfg, out_dir, env, splits, model, identity, start, resumed=state is not None,
+                     summary=dict(start["summary"]), metrics=start.get("metrics"))
+
+
+def _read_resume(out_dir: Path):
+    """The resumable state of ``out_dir``; ConfigError for a run that never saved one or already finished."""
+    if not (out_dir / files.RESUME).is_file():
+        raise ConfigError(f"{out_dir} has no {files.RESUME}: nothing to resume (the run never saved a step)")
+    state = load_resume(out_dir / files.RESUME)
+    if state[1].get("finished"):
+        raise ConfigError(f"run {out_dir} already finished; its metrics are in {out_dir / files.METRICS}")
+    return state
+
+
+def _open_run_dir(run: _Training) -> tuple[logging.Handler, TensorBoardLog]:
+    """Main process, before training: the run directory with its logs and the files that describe the run, and
+    metrics.jsonl cut back to the state the run resumes from. The caller closes the logs."""
+    out_dir, splits = run.out_dir, run.splits
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = files.open_train_log(out_dir)
+    tensorboard = TensorBoardLog(str(out_dir / files.TENSORBOARD))
+    files.write_setup(out_dir, run.cfg, splits.classes, splits.train_counts)
+    if run.cfg.data.skip_bad_images:  # the scan ran in build_datasets; list what it dropped
+        listed = files.write_bad_images(out_dir, [b.line() for b in splits.bad_images])
+        log.log(logging.WARNING if splits.bad_images else logging.INFO,
+                "skipped %d unreadable images (data.skip_bad_images), listed in %s", len(splits.bad_images), listed)
+    files.truncate_records(out_dir, run.start["jsonl_lines"])
+    return handler, tensorboard
+
+
+def _run_phases(run: _Training, stop: StopRequest, tensorboard: TensorBoardLog | None) -> None:
+    """Train, in order, the phases the run has not finished (a resumed run skips those before its start)."""
+    method = get_method(run.cfg.method)(run.cfg, run.splits.train_counts).to(run.env.device)
+
+    def record_epoch(record: dict) -> None:
+        files.append_record(run.out_dir, record)
+        tensorboard(record)
+
+    for index, phase in enumerate(run.cfg.phases):
+        if index >= run.start["phase_index"]:
+            _run_phase(run, method, index, phase, stop, record_epoch if run.env.dist.is_main else None)
+
+
+def _run_phase(run: _Training, method: Method, index: int, phase: str, stop: StopRequest, on_epoch_end) -> None:
+    """One phase: train it (from the saved position where the run stopped inside it), evaluate, record its
+    summary, then save its checkpoint and a resumable state that starts at the next phase."""
+    cfg, model = run.cfg, run.model
+    pcfg = getattr(cfg, phase)
+    cadence = Cadence(save=lambda pos: run.save(index, pos), every=cfg.checkpoint_every, should_stop=stop,
+                      resume=run.start["phase"] if index == run.start["phase_index"] else None)
+    records = PhaseTrainer(model, method, phase, _phase_stream(run, method, pcfg), pcfg, run.env, desc=phase,
+                           cadence=cadence, on_epoch_end=on_epoch_end).run()
+    run.metrics, run.outputs = shot_metrics(model, run.splits.test, run.splits.train_counts, cfg, run.env.device,
+                                            run.env.dist, f"eval {phase}")
+    run.summary[phase] = _phase_summary(model, run.metrics, records)
+    log.info("%s: overall %.2f, many %s, medium %s, few %s", phase, run.metrics["overall"],
+             *(f"{run.metrics[g]:.2f}" if run.metrics[g] is not None else "-" for g in ("many", "medium", "few")))
+    if run.env.dist.is_main:
+        files.append_record(run.out_dir, {"phase": phase, "eval": run.summary[phase]})
+        meta = {"lpt_version": __version__, "phase": model.phase, "num_classes": run.splits.num_classes,
+                "backbone": run.identity.to_dict(), "model": to_dict(cfg)["model"]}
+        files.write_checkpoint(run.out_dir, model.trained_tensors(), meta)
+    run.save(index + 1, None)
+
+
+def _phase_stream(run: _Training, method: Method, pcfg) -> TrainStream:
+    """The phase's training batches: uint8 images normalised on the device, or for a method that trains on
+    features (the linear probe) the frozen model's features, computed once and held in memory (so without
+    loader workers or pinned memory)."""
+    cfg, env = run.cfg, run.env
+    if method.features:
+        out = evaluate(run.model, with_transform(run.splits.train, build_transform(cfg.data, train=False)), features,
+                       device=env.device, batch_size=cfg.eval_batch_size, precision=cfg.precision,
+                       num_workers=cfg.data.num_workers, progress=cfg.progress, desc="features")
+        train_set = FeatureDataset(torch.from_numpy(out["feature"]), run.splits.train.targets)
+    else:
+        train_set = with_transform(run.splits.train, build_transform(cfg.data, train=True, normalize=False))
+    stream = build_train_stream(train_set, pcfg.sampling, pcfg.batch_size, cfg.data.samples_per_class,
+                                0 if method.features else cfg.data.num_workers, cfg.seed, rank=env.dist.rank,
+                                world_size=env.dist.world_size,
+                                pin_memory=env.device.type == "cuda" and not method.features)
+    stream.finish = None if method.features else BatchNormalize(cfg.data)
+    return stream
+
+
+def _phase_summary(model: LPT, metrics: dict, records: list[dict]) -> dict:
+    """A finished phase's entry in run.json and metrics.jsonl: its shot-split accuracy, size and speed."""
+    return {k: metrics[k] for k in ("overall", "many", "medium", "few")} | {
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "train_seconds": sum(r["seconds"] for r in records),
+        "images_per_s": records[-1]["images_per_s"] if records else None,
+    }
+
+
+def _write_results(run: _Training, started: float) -> None:
+    """Main process, once every phase is trained: metrics.json, run.json, predictions.npz, and the resumable
+    state marked finished (so a second --resume is refused). Reports are written by the caller (lpt.commands)."""
+    files.write_metrics(run.out_dir, run.metrics)
+    files.write_run_info(run.out_dir, {
+        "lpt_version": __version__, "method": run.cfg.method, "backbone": run.identity.to_dict(),
+        "phases": run.summary, "backbone_params": sum(p.numel() for p in run.model.backbone.parameters()),
+        "device": str(run.env.device), "world_size": run.env.dist.world_size, "wall_seconds": time.time() - started,
+    })
+    if run.outputs is not None:
+        files.write_predictions(run.out_dir, run.outputs)
+    run.save(len(run.cfg.phases), None, finished=True)
