@@ -33,7 +33,10 @@ fashion-mnist:
 demo: $(STAMP) fashion-mnist
 	$(BIN)/lpt demo $(DEMO_ARGS)
 
+# lint first (ruff, and import-linter's layer and cycle contracts of docs/architecture.md), then the tests
 test: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(TEST_ARGS)
 
 clean:
