@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from lpt.cli import main
 from lpt.config import (
     Config,
     ConfigError,
@@ -190,6 +191,14 @@ def test_invalid_yaml_file(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML") as info:
         load_config(str(path))
     assert str(path) in str(info.value)
+
+
+def test_malformed_yaml_is_one_line_naming_file_line_and_problem(tmp_path, capsys):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("data:\n  img_size: 28\n  test_resize: 28: x\n")  # PyYAML's message spans 5 lines
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"lpt train: error: {path} line 3, column 18: not valid YAML: mapping values are not allowed here\n"
 
 
 def test_missing_config_file(tmp_path):

@@ -320,11 +320,20 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("lpt.presets").iterdir() if p.name.endswith(".yaml"))
 
 
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """One line for a YAML parse error: the file, where the parser stopped, and its complaint (PyYAML's own
+    message spans several lines, quoting the offending text)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{path}{where}: not valid YAML: {problem}"
+
+
 def read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(_yaml_problem(path, exc)) from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return data or {}
