@@ -101,6 +101,8 @@ def test_unreadable_image_raises_one_line_naming_the_file(corpus, name):
     message = str(info.value)
     assert isinstance(info.value, OSError)
     assert message.startswith(f"{corpus / name}: cannot read image (") and "\n" not in message
+    assert message.endswith("; to drop unreadable images and list them, run with --skip-bad-images "
+                            "(data.skip_bad_images=true)")
 
 
 def test_truncated_images_stay_errors_after_importing_everything(corpus):
@@ -202,6 +204,8 @@ def test_data_check_stops_at_first_bad_image(tmp_path, corpus, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"lpt data-check: error: {tmp_path / 'train.txt'}:4: {corpus / 'truncated.jpg'}: "
                           "cannot read image (") and "\n" not in err
+    assert err.endswith("); to drop unreadable images and list them, run with --skip-bad-images "
+                        "(data.skip_bad_images=true)")
 
 
 def test_data_check_skip_lists_every_bad_image(tmp_path, corpus, capsys):
@@ -260,4 +264,6 @@ def test_train_without_skip_stops_at_the_bad_image(tmp_path, corpus, capsys):
     assert cli.main(["--quiet", "train", "--config", "demo", "--out", str(tmp_path / "run"), *overrides]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"lpt train: error: {corpus / 'notes.jpg'}: cannot read image (")
+    assert err[-1].endswith("); to drop unreadable images and list them, run with --skip-bad-images "
+                            "(data.skip_bad_images=true)")
     assert not (tmp_path / "run" / "metrics.json").exists()

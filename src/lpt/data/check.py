@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import DataLoader, Dataset
 
-from lpt.data.datasets import BadImageError, FileImageDataset, ImageDataset, load_rgb
+from lpt.data.datasets import SKIP_HINT, BadImageError, FileImageDataset, ImageDataset, load_rgb
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def scan_images(dataset: ImageDataset, split: str, num_workers: int = 0, stop_at
             continue
         found = BadImage(split, index, dataset.origin(index), message)
         if stop_at_first:
-            raise BadImageError(found.line())
+            raise BadImageError(f"{found.line()}; {SKIP_HINT}")
         bad.append(found)
     return bad
 
