@@ -76,7 +76,7 @@ def corpus(tmp_path) -> Path:
 
 
 def _eval_tensor_dataset(root: Path, names: list[str]) -> FileImageDataset:
-    cfg = DataConfig(img_size=S, test_resize=0, train_aug="none", mean=[0.0] * 3, std=[1.0] * 3)
+    cfg = DataConfig(img_size=S, test_resize=S, train_aug="none", mean=[0.0] * 3, std=[1.0] * 3)
     return FileImageDataset([str(root / n) for n in names], [0] * len(names), ["a"], build_transform(cfg, False))
 
 
@@ -137,7 +137,7 @@ def _lists(tmp_path: Path, train: list[str], test: list[str]) -> list[str]:
 def _cfg(overrides: list[str], **kw) -> DataConfig:
     values = dict(o.split("=", 1) for o in overrides)
     return DataConfig(source="list", root=values["data.root"], train_list=values["data.train_list"],
-                      test_list=values["data.test_list"], img_size=S, test_resize=0, train_aug="none",
+                      test_list=values["data.test_list"], img_size=S, test_resize=S, train_aug="none",
                       num_workers=0, **kw)
 
 

@@ -60,8 +60,9 @@ def png(path: Path, color=(10, 20, 30), size=(12, 9)) -> Path:
 
 
 def small_cfg(**kw) -> DataConfig:
-    base = dict(img_size=8, test_resize=0, train_aug="none", mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], num_workers=0)
-    return DataConfig(**{**base, **kw})
+    base = dict(img_size=8, train_aug="none", mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], num_workers=0)
+    values = {**base, **kw}
+    return DataConfig(**{"test_resize": values["img_size"], **values})  # no evaluation margin
 
 
 def make_list_dataset(tmp_path: Path, train_lines: list[str], test_lines: list[str]) -> DataConfig:
@@ -381,14 +382,14 @@ def test_eval_transform_normalises_per_channel():
     torch.testing.assert_close(x, expected[:, None, None].expand(3, 8, 8))
 
 
-@pytest.mark.parametrize("test_resize, border_seen", [(32, False), (0, True), (8, True)])
+@pytest.mark.parametrize("test_resize, border_seen", [(32, False), (0, True), (16, True), (8, True)])
 def test_eval_transform_resizes_then_centre_crops(test_resize, border_seen):
     img = np.full((32, 32, 3), 255, np.uint8)
     img[8:24, 8:24] = 0  # white 8-pixel frame around a black 16x16 centre
     cfg = small_cfg(img_size=16, test_resize=test_resize)
     x = build_transform(cfg, train=False)(Image.fromarray(img))
     assert x.shape == (3, 16, 16)
-    assert bool(x.max() > 0.5) == border_seen  # test_resize 0 or < img_size resizes to img_size: frame kept
+    assert bool(x.max() > 0.5) == border_seen  # 0 resizes to 18 (16 * 256 / 224), 8 to img_size: frame kept
 
 
 def test_eval_resize_modes_match_torchvision_on_a_wide_image():

@@ -41,7 +41,7 @@ class DataConfig:
     max_per_class: int = 0  # n_max of the long-tail profile; 0 = size of the largest class
     subsample_seed: int = 0  # seed of the per-class shuffle that picks the kept images
     img_size: int = 224  # training and evaluation crop
-    test_resize: int = 256  # resize before the centre crop at evaluation (see test_resize_mode)
+    test_resize: int = 0  # resize before the centre crop at evaluation (see test_resize_mode); 0: img_size * 256 / 224
     test_resize_mode: str = "shorter"  # shorter: shorter side to test_resize | square: test_resize x test_resize
     interpolation: str = "bicubic"  # bicubic (timm's ViT configs) | bilinear (torchvision's default)
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per channel, on pixels scaled to [0, 1]
@@ -141,8 +141,15 @@ CHOICES = {
 PHASES = ("phase1", "phase2")
 
 
+def test_resize_of(data: DataConfig) -> int:
+    """The evaluation resize of ``data``: ``test_resize``, or when it is 0 the img_size scaled as 256 is to 224
+    (the usual crop ratio 0.875), so that a small img_size is not a centre crop of a 256-pixel upscale."""
+    return data.test_resize or round(data.img_size * 256 / 224)
+
+
 def validate(cfg: Config) -> Config:
-    """Check choices, ranges and cross-field rules; raise ConfigError naming the key."""
+    """Check choices, ranges and cross-field rules, raising ConfigError naming the key; resolve
+    ``data.test_resize=0`` (:func:`test_resize_of`), so that the saved config.yaml says what ran."""
     for key, allowed in CHOICES.items():
         value = get_value(cfg, key)
         if value not in allowed:
@@ -194,6 +201,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'model.feature_dropout' is {cfg.model.feature_dropout}; expected [0, 1)")
     if len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
+    if cfg.data.test_resize != 0 and cfg.data.test_resize < cfg.data.img_size:
+        raise ConfigError(f"config key 'data.test_resize' is {cfg.data.test_resize}; expected 0 (follow "
+                          f"data.img_size) or at least data.img_size ({cfg.data.img_size})")
+    cfg.data.test_resize = test_resize_of(cfg.data)
     return cfg
 
 
