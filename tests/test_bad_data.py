@@ -148,12 +148,29 @@ def _cfg(overrides: list[str], **kw) -> DataConfig:
     (["rgb.png -1"], ["rgb.png 0"], r"train.txt:1: label -1 is negative"),
     (["rgb.png 0", "gray.png 1"], ["rgb.png 0", "gray.png 2"],
      r"test.txt:2: label 2 is outside \[0, 2\), the 2 classes of the training list"),
-    (["rgb.png 0", "gray.png 2"], ["rgb.png 1"], r"class 1 \('1'\) has no training images"),
+    (["rgb.png 0", "gray.png 2"], ["rgb.png 1"],
+     r"train.txt:2: label 2 is outside \[0, 1\), the labels with training images: no line has label 1 "
+     r"\(1 line has a label above it\)$"),
+    (["rgb.png 0", "gray.png 2", "rgb.png 3"], ["rgb.png 0"],
+     r"train.txt:2: label 2 is outside \[0, 1\), .* no line has label 1 \(2 lines have labels above it\)$"),
     (["rgb.png 0", "missing.png 0"], ["rgb.png 0"], r"train.txt:2: image .*missing.png not found"),
 ])
 def test_list_problems_name_file_and_line(tmp_path, corpus, train, test, message):
     with pytest.raises(ConfigError, match=message):
         build_datasets(_cfg(_lists(tmp_path, train, test)))
+
+
+def test_a_training_label_outside_the_classes_names_its_line(tmp_path, corpus, capsys):
+    train = [f"rgb.png {c}" for c in (0, 1, 2, 0, 1)] + ["gray.png 4", "rgb.png 2"]  # 4: a typo for 3
+    overrides = _lists(tmp_path, train, ["rgb.png 0", "gray.png 2", "rgb.png 3"])
+    assert cli.main(["train", "--config", "demo", "data.source=list", *overrides]) == 2
+    assert capsys.readouterr().err == (
+        f"lpt train: error: {tmp_path / 'train.txt'}:6: label 4 is outside [0, 3), the labels with training "
+        "images: no line has label 3 (1 line has a label above it)\n")
+    (tmp_path / "classnames.txt").write_text("a\nb\nc\nd\n", encoding="utf-8")  # 4 classes named
+    with pytest.raises(ConfigError, match=rf"train.txt:6: label 4 is outside \[0, 4\), the 4 classes named in "
+                                          rf"{tmp_path / 'classnames.txt'}$"):
+        build_datasets(_cfg(overrides))
 
 
 def test_duplicate_lines_are_kept_with_one_warning(tmp_path, corpus):

@@ -274,7 +274,7 @@ def test_list_file_empty(tmp_path):
 
 def test_test_list_label_outside_training_classes(tmp_path):
     png(tmp_path / "img" / "a.png")
-    cfg = make_list_dataset(tmp_path, ["a.png 0", "a.png 2"], ["a.png 1", "a.png 3"])
+    cfg = make_list_dataset(tmp_path, ["a.png 0", "a.png 1", "a.png 2"], ["a.png 1", "a.png 3"])
     with pytest.raises(ConfigError, match=r"test.txt:2: label 3 is outside \[0, 3\)"):
         build_datasets(cfg)
 
@@ -282,7 +282,7 @@ def test_test_list_label_outside_training_classes(tmp_path):
 def test_list_class_without_training_images(tmp_path):
     png(tmp_path / "img" / "a.png")
     cfg = make_list_dataset(tmp_path, ["a.png 0", "a.png 2"], ["a.png 0"])
-    with pytest.raises(ConfigError, match=r"class 1 \('1'\) has no training images"):
+    with pytest.raises(ConfigError, match=r"train.txt:2: label 2 is outside \[0, 1\), .* no line has label 1"):
         build_datasets(cfg)
 
 
@@ -842,6 +842,15 @@ def test_image_folder_training_classes_through_class_index(tmp_path):
     splits = build_datasets(small_cfg(source="folder", root=str(tmp_path), class_index=str(tmp_path / "index.txt")))
     assert splits.classes == ["zebra", "ant"] and splits.train_counts == [2, 1]
     assert splits.test.targets == [1]
+
+
+def test_image_folder_class_of_the_index_without_training_images_names_its_line(tmp_path):
+    png(tmp_path / "train" / "ant" / "1.png")
+    png(tmp_path / "val" / "ant" / "1.png")
+    (tmp_path / "index.txt").write_text("ant 0\n\nzebra 1\n")
+    with pytest.raises(ConfigError, match=rf"index.txt:3: class 'zebra' \(label 1\) has no training images: "
+                                          rf"{tmp_path / 'train' / 'zebra'} is missing or holds no image file$"):
+        build_datasets(small_cfg(source="folder", root=str(tmp_path), class_index=str(tmp_path / "index.txt")))
 
 
 def test_imagenet_lt_classnames_index_matches_the_split_labels():
