@@ -83,6 +83,17 @@ def test_config_show_prints_every_key_with_its_value_and_comment(capsys):
     assert all("  # " in line for line in lines)  # every key says what it is for
 
 
+def test_overrides_may_follow_options(capsys):
+    assert main(["--quiet", *SHOW_DEMO, "phase1.epochs=3", "--threads", "1", "phase2.epochs=2"]) == 0
+    shown = capsys.readouterr().out
+    assert "phase1.epochs: 3 " in shown and "phase2.epochs: 2 " in shown
+    for argv, stray in (([*SHOW_DEMO, "a.b=1", "--threads", "1", "--bogus"], "--bogus"),
+                        (["compare", "run_a", "--out", "table", "a.b=1"], "a.b=1")):  # compare takes no overrides
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert capsys.readouterr().err.endswith(f"lpt: error: unrecognized arguments: {stray}\n")
+
+
 def test_config_show_of_a_bad_override_is_a_one_line_error(capsys):
     assert main([*SHOW_DEMO, "data.img_sise=3"]) == 2
     assert capsys.readouterr().err.startswith("lpt config: error: unknown config key 'data.img_sise'")

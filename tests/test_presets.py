@@ -53,7 +53,7 @@ def test_preset_loads_and_validates(name):
 
 
 EVAL_GEOMETRY = {  # preset -> (img_size, test_resize) it evaluates with; before test_resize=0 followed img_size
-    **{name: (224, 256) for name in BENCHMARKS}, "demo": (28, 28)}
+    **{name: (224, 256) for name in BENCHMARKS}, "demo": (28, 28), "folder": (28, 32)}
 
 
 def test_every_preset_keeps_its_evaluation_resize():

@@ -413,7 +413,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from lpt.utils import set_threads, setup_logging
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse ends a list of key=value overrides at the first option: take up those that follow it too
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides += extra
     USER_ERRORS = _user_errors()
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     if args.threads is not None:

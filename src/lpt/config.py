@@ -39,7 +39,8 @@ class DataConfig:
     download: bool = False  # fashion_mnist / cifar100: fetch through torchvision when missing
     imbalance_ratio: float = 1.0  # > 1: subsample training set to n_i = n_max * ratio^(-i/(C-1))
     max_per_class: int = 0  # n_max of the long-tail profile; 0 = size of the largest class
-    subsample_seed: int = 0  # seed of the per-class shuffle that picks the kept images
+    subsample_seed: int = 0  # seed of the per-class shuffles that pick the kept and the held-out images
+    holdout: float = 0.0  # > 0: evaluate on this fraction of each class's training images, kept out of training
     img_size: int = 224  # training and evaluation crop
     test_resize: int = 0  # resize before the centre crop at evaluation (see test_resize_mode); 0: img_size * 256 / 224
     test_resize_mode: str = "shorter"  # shorter: shorter side to test_resize | square: test_resize x test_resize
@@ -195,6 +196,9 @@ def validate(cfg: Config) -> Config:
             )
     if cfg.threads < 0:
         raise ConfigError(f"config key 'threads' is {cfg.threads}; expected 0 (the usable cores) or more")
+    if not 0 <= cfg.data.holdout < 1:
+        raise ConfigError(f"config key 'data.holdout' is {cfg.data.holdout}; expected a fraction in [0, 1) of each "
+                          "class's training images to evaluate on (0: the source's evaluation split)")
     if cfg.data.imbalance_ratio < 1:
         raise ConfigError(f"config key 'data.imbalance_ratio' is {cfg.data.imbalance_ratio}; expected 1 or more")
     if not 0 <= cfg.model.feature_dropout < 1:

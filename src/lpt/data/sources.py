@@ -650,13 +650,19 @@ def load_folder(root: str, train_dir: str, test_dir: str, train_transform: Trans
 
     Classes are the training subfolders in sorted order (torchvision's ImageFolder rule), or the
     classes of ``class_index`` (see :func:`read_class_index`); the evaluation folder may hold a
-    subset of them, labelled the same way.
+    subset of them, labelled the same way. An empty ``test_dir`` reads no evaluation folder (``data.holdout``
+    evaluates on training images instead) and gives an empty evaluation dataset.
     """
     label_of, classes, known = folder_classes(root, train_dir, class_index)
     train = _folder_dataset(Path(root) / train_dir, "data.root/data.train_dir", label_of, known, classes,
                             train_transform, allow_empty=False)
     if class_index:
         _check_index_classes(class_index, train, Path(root) / train_dir)
+    if not test_dir:
+        return train, FileImageDataset([], [], classes, test_transform)
+    if not (Path(root) / test_dir).is_dir():
+        raise ConfigError(f"evaluation folder {Path(root) / test_dir} (data.root/data.test_dir) is not a folder; "
+                          "without one, set data.holdout=0.2 (say) to evaluate on held-out training images")
     test = _folder_dataset(Path(root) / test_dir, "data.root/data.test_dir", label_of, known, classes,
                            test_transform, allow_empty=True)
     return train, test
