@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("compare", help="table of runs: method, backbone, shot-group accuracy, parameters, images/s")
+    p = sub.add_parser("compare", help="table of runs: method, backbone, shot-group accuracy, parameters, "
+                       "images/s (features/s for a linear probe)")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
     p.add_argument("--out", metavar="PREFIX", help="also write PREFIX.md and PREFIX.csv")
     p.set_defaults(func=cmd_compare)
