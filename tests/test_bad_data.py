@@ -149,8 +149,8 @@ def _cfg(overrides: list[str], **kw) -> DataConfig:
     (["rgb.png 0", "gray.png 1"], ["rgb.png 0", "gray.png 2"],
      r"test.txt:2: label 2 is outside \[0, 2\), the 2 classes of the training list"),
     (["rgb.png 0", "gray.png 2"], ["rgb.png 1"],
-     r"train.txt:2: label 2 is outside \[0, 1\), the labels with training images: no line has label 1 "
-     r"\(1 line has a label above it\)$"),
+     (r"train.txt:2: label 2 is outside \[0, 1\), the labels with training images: no line has label 1 "
+      r"\(1 line has a label above it\)$")),
     (["rgb.png 0", "gray.png 2", "rgb.png 3"], ["rgb.png 0"],
      r"train.txt:2: label 2 is outside \[0, 1\), .* no line has label 1 \(2 lines have labels above it\)$"),
     (["rgb.png 0", "missing.png 0"], ["rgb.png 0"], r"train.txt:2: image .*missing.png not found"),

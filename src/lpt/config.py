@@ -196,20 +196,25 @@ def validate(cfg: Config) -> Config:
             )
     if cfg.threads < 0:
         raise ConfigError(f"config key 'threads' is {cfg.threads}; expected 0 (the usable cores) or more")
-    if not 0 <= cfg.data.holdout < 1:
-        raise ConfigError(f"config key 'data.holdout' is {cfg.data.holdout}; expected a fraction in [0, 1) of each "
-                          "class's training images to evaluate on (0: the source's evaluation split)")
-    if cfg.data.imbalance_ratio < 1:
-        raise ConfigError(f"config key 'data.imbalance_ratio' is {cfg.data.imbalance_ratio}; expected 1 or more")
     if not 0 <= cfg.model.feature_dropout < 1:
         raise ConfigError(f"config key 'model.feature_dropout' is {cfg.model.feature_dropout}; expected [0, 1)")
-    if len(cfg.data.mean) != len(cfg.data.std):
-        raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
-    if cfg.data.test_resize != 0 and cfg.data.test_resize < cfg.data.img_size:
-        raise ConfigError(f"config key 'data.test_resize' is {cfg.data.test_resize}; expected 0 (follow "
-                          f"data.img_size) or at least data.img_size ({cfg.data.img_size})")
-    cfg.data.test_resize = test_resize_of(cfg.data)
+    _validate_data(cfg.data)
     return cfg
+
+
+def _validate_data(d: DataConfig) -> None:
+    """The ranges and cross-field rules of ``data.*`` (img_size is checked positive before)."""
+    if not 0 <= d.holdout < 1:
+        raise ConfigError(f"config key 'data.holdout' is {d.holdout}; expected a fraction in [0, 1) of each "
+                          "class's training images to evaluate on (0: the source's evaluation split)")
+    if d.imbalance_ratio < 1:
+        raise ConfigError(f"config key 'data.imbalance_ratio' is {d.imbalance_ratio}; expected 1 or more")
+    if len(d.mean) != len(d.std):
+        raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
+    if d.test_resize != 0 and d.test_resize < d.img_size:
+        raise ConfigError(f"config key 'data.test_resize' is {d.test_resize}; expected 0 (follow "
+                          f"data.img_size) or at least data.img_size ({d.img_size})")
+    d.test_resize = test_resize_of(d)
 
 
 # ----------------------------------------------------------------------------- building from data
