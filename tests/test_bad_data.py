@@ -76,7 +76,7 @@ def corpus(tmp_path) -> Path:
 
 
 def _eval_tensor_dataset(root: Path, names: list[str]) -> FileImageDataset:
-    cfg = DataConfig(img_size=S, test_resize=0, train_aug="none", mean=[0.0] * 3, std=[1.0] * 3)
+    cfg = DataConfig(img_size=S, test_resize=S, train_aug="none", mean=[0.0] * 3, std=[1.0] * 3)
     return FileImageDataset([str(root / n) for n in names], [0] * len(names), ["a"], build_transform(cfg, False))
 
 
@@ -101,6 +101,8 @@ def test_unreadable_image_raises_one_line_naming_the_file(corpus, name):
     message = str(info.value)
     assert isinstance(info.value, OSError)
     assert message.startswith(f"{corpus / name}: cannot read image (") and "\n" not in message
+    assert message.endswith("; to drop unreadable images and list them, run with --skip-bad-images "
+                            "(data.skip_bad_images=true)")
 
 
 def test_truncated_images_stay_errors_after_importing_everything(corpus):
@@ -135,7 +137,7 @@ def _lists(tmp_path: Path, train: list[str], test: list[str]) -> list[str]:
 def _cfg(overrides: list[str], **kw) -> DataConfig:
     values = dict(o.split("=", 1) for o in overrides)
     return DataConfig(source="list", root=values["data.root"], train_list=values["data.train_list"],
-                      test_list=values["data.test_list"], img_size=S, test_resize=0, train_aug="none",
+                      test_list=values["data.test_list"], img_size=S, test_resize=S, train_aug="none",
                       num_workers=0, **kw)
 
 
@@ -146,12 +148,29 @@ def _cfg(overrides: list[str], **kw) -> DataConfig:
     (["rgb.png -1"], ["rgb.png 0"], r"train.txt:1: label -1 is negative"),
     (["rgb.png 0", "gray.png 1"], ["rgb.png 0", "gray.png 2"],
      r"test.txt:2: label 2 is outside \[0, 2\), the 2 classes of the training list"),
-    (["rgb.png 0", "gray.png 2"], ["rgb.png 1"], r"class 1 \('1'\) has no training images"),
+    (["rgb.png 0", "gray.png 2"], ["rgb.png 1"],
+     (r"train.txt:2: label 2 is outside \[0, 1\), the labels with training images: no line has label 1 "
+      r"\(1 line has a label above it\)$")),
+    (["rgb.png 0", "gray.png 2", "rgb.png 3"], ["rgb.png 0"],
+     r"train.txt:2: label 2 is outside \[0, 1\), .* no line has label 1 \(2 lines have labels above it\)$"),
     (["rgb.png 0", "missing.png 0"], ["rgb.png 0"], r"train.txt:2: image .*missing.png not found"),
 ])
 def test_list_problems_name_file_and_line(tmp_path, corpus, train, test, message):
     with pytest.raises(ConfigError, match=message):
         build_datasets(_cfg(_lists(tmp_path, train, test)))
+
+
+def test_a_training_label_outside_the_classes_names_its_line(tmp_path, corpus, capsys):
+    train = [f"rgb.png {c}" for c in (0, 1, 2, 0, 1)] + ["gray.png 4", "rgb.png 2"]  # 4: a typo for 3
+    overrides = _lists(tmp_path, train, ["rgb.png 0", "gray.png 2", "rgb.png 3"])
+    assert cli.main(["train", "--config", "demo", "data.source=list", *overrides]) == 2
+    assert capsys.readouterr().err == (
+        f"lpt train: error: {tmp_path / 'train.txt'}:6: label 4 is outside [0, 3), the labels with training "
+        "images: no line has label 3 (1 line has a label above it)\n")
+    (tmp_path / "classnames.txt").write_text("a\nb\nc\nd\n", encoding="utf-8")  # 4 classes named
+    with pytest.raises(ConfigError, match=rf"train.txt:6: label 4 is outside \[0, 4\), the 4 classes named in "
+                                          rf"{tmp_path / 'classnames.txt'}$"):
+        build_datasets(_cfg(overrides))
 
 
 def test_duplicate_lines_are_kept_with_one_warning(tmp_path, corpus):
@@ -202,6 +221,8 @@ def test_data_check_stops_at_first_bad_image(tmp_path, corpus, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"lpt data-check: error: {tmp_path / 'train.txt'}:4: {corpus / 'truncated.jpg'}: "
                           "cannot read image (") and "\n" not in err
+    assert err.endswith("); to drop unreadable images and list them, run with --skip-bad-images "
+                        "(data.skip_bad_images=true)")
 
 
 def test_data_check_skip_lists_every_bad_image(tmp_path, corpus, capsys):
@@ -260,4 +281,6 @@ def test_train_without_skip_stops_at_the_bad_image(tmp_path, corpus, capsys):
     assert cli.main(["--quiet", "train", "--config", "demo", "--out", str(tmp_path / "run"), *overrides]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"lpt train: error: {corpus / 'notes.jpg'}: cannot read image (")
+    assert err[-1].endswith("); to drop unreadable images and list them, run with --skip-bad-images "
+                            "(data.skip_bad_images=true)")
     assert not (tmp_path / "run" / "metrics.json").exists()

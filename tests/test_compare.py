@@ -52,10 +52,11 @@ def test_compare_prints_and_writes_the_table(runs, tmp_path, capsys):
     lpt, vpt = runs
     assert main(["compare", str(lpt), str(vpt), "--out", str(tmp_path / "table")]) == 0
     expected = [
-        "| run | method | backbone | overall | many | medium | few | trainable params | images/s |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| {lpt} | LPT phase 2 | vit_small_patch16_224.augreg_in21k | 50.07 | 49.27 | 52.31 | 46.88 | 136 | 123.5 |",
-        f"| {vpt} | VPT | vit_small_patch16_224.augreg_in21k | 45.00 | 51.12 | 44.50 | - | 36 | 200.0 |",
+        "| run | method | backbone | overall | many | medium | few | trainable params | images/s | features/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {lpt} | LPT phase 2 | vit_small_patch16_224.augreg_in21k | 50.07 | 49.27 | 52.31 | 46.88 | 136 | 123.5 "
+        "| - |",
+        f"| {vpt} | VPT | vit_small_patch16_224.augreg_in21k | 45.00 | 51.12 | 44.50 | - | 36 | 200.0 | - |",
     ]
     printed = capsys.readouterr().out.splitlines()
     assert printed[:4] == expected
@@ -64,6 +65,18 @@ def test_compare_prints_and_writes_the_table(runs, tmp_path, capsys):
     assert [r["method"] for r in rows] == ["LPT phase 2", "VPT"]
     assert float(rows[0]["medium"]) == 52.3149 and rows[1]["few"] == ""  # full precision; empty when unknown
     assert int(rows[0]["trainable_params"]) == 136 and float(rows[0]["images_per_s"]) == 123.456
+
+
+def test_linear_probe_throughput_is_features_per_second_not_images(runs, tmp_path, capsys):
+    lpt, _ = runs
+    probe = make_run(tmp_path / "probe", "linear", 1, {"overall": 40.0, "many": 60.0, "medium": 30.0, "few": 10.0},
+                     images_per_s=60341.2)  # the trainer timed cached features
+    assert main(["compare", str(lpt), str(probe), "--out", str(tmp_path / "table")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[2].endswith("| 136 | 123.5 | - |")  # LPT trains on images
+    assert printed[3].endswith("| 36 | - | 60341.2 |")
+    rows = list(csv.DictReader((tmp_path / "table.csv").open()))
+    assert (rows[1]["images_per_s"], float(rows[1]["features_per_s"])) == ("", 60341.2)
 
 
 def test_compare_rows_keep_the_order_given(runs):

@@ -4,9 +4,11 @@ import dataclasses
 
 import pytest
 
+from lpt.cli import main
 from lpt.config import (
     Config,
     ConfigError,
+    DataConfig,
     apply_overrides,
     from_dict,
     load_config,
@@ -51,7 +53,26 @@ def test_demo_round_trips_through_dict_and_yaml(tmp_path):
 def test_empty_yaml_file_gives_defaults(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("")
-    assert load_config(str(path)) == Config()
+    assert load_config(str(path)) == dataclasses.replace(Config(), data=DataConfig(test_resize=256))  # 0 resolved
+
+
+@pytest.mark.parametrize("overrides, test_resize", [
+    ([], 256), (["data.img_size=28"], 32), (["data.img_size=384"], 439),
+    (["data.img_size=28", "data.test_resize=28"], 28),
+])
+def test_test_resize_follows_img_size_unless_set(tmp_path, overrides, test_resize):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("data:\n  source: folder\n")
+    cfg = load_config(str(path), overrides)
+    assert cfg.data.test_resize == test_resize
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert read_yaml(tmp_path / "run" / "config.yaml")["data"]["test_resize"] == test_resize  # the run says what ran
+
+
+def test_test_resize_below_img_size_is_refused(capsys):
+    assert main(["train", "--config", "demo", "data.img_size=32", "data.test_resize=28"]) == 2
+    assert capsys.readouterr().err == ("lpt train: error: config key 'data.test_resize' is 28; expected 0 (follow "
+                                       "data.img_size) or at least data.img_size (32)\n")
 
 
 # ----------------------------------------------------------------------------- overrides
@@ -193,6 +214,14 @@ def test_invalid_yaml_file(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML") as info:
         load_config(str(path))
     assert str(path) in str(info.value)
+
+
+def test_malformed_yaml_is_one_line_naming_file_line_and_problem(tmp_path, capsys):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("data:\n  img_size: 28\n  test_resize: 28: x\n")  # PyYAML's message spans 5 lines
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"lpt train: error: {path} line 3, column 18: not valid YAML: mapping values are not allowed here\n"
 
 
 def test_missing_config_file(tmp_path):

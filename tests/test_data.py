@@ -60,8 +60,9 @@ def png(path: Path, color=(10, 20, 30), size=(12, 9)) -> Path:
 
 
 def small_cfg(**kw) -> DataConfig:
-    base = dict(img_size=8, test_resize=0, train_aug="none", mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], num_workers=0)
-    return DataConfig(**{**base, **kw})
+    base = dict(img_size=8, train_aug="none", mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], num_workers=0)
+    values = {**base, **kw}
+    return DataConfig(**{"test_resize": values["img_size"], **values})  # no evaluation margin
 
 
 def make_list_dataset(tmp_path: Path, train_lines: list[str], test_lines: list[str]) -> DataConfig:
@@ -273,7 +274,7 @@ def test_list_file_empty(tmp_path):
 
 def test_test_list_label_outside_training_classes(tmp_path):
     png(tmp_path / "img" / "a.png")
-    cfg = make_list_dataset(tmp_path, ["a.png 0", "a.png 2"], ["a.png 1", "a.png 3"])
+    cfg = make_list_dataset(tmp_path, ["a.png 0", "a.png 1", "a.png 2"], ["a.png 1", "a.png 3"])
     with pytest.raises(ConfigError, match=r"test.txt:2: label 3 is outside \[0, 3\)"):
         build_datasets(cfg)
 
@@ -281,7 +282,7 @@ def test_test_list_label_outside_training_classes(tmp_path):
 def test_list_class_without_training_images(tmp_path):
     png(tmp_path / "img" / "a.png")
     cfg = make_list_dataset(tmp_path, ["a.png 0", "a.png 2"], ["a.png 0"])
-    with pytest.raises(ConfigError, match=r"class 1 \('1'\) has no training images"):
+    with pytest.raises(ConfigError, match=r"train.txt:2: label 2 is outside \[0, 1\), .* no line has label 1"):
         build_datasets(cfg)
 
 
@@ -381,14 +382,14 @@ def test_eval_transform_normalises_per_channel():
     torch.testing.assert_close(x, expected[:, None, None].expand(3, 8, 8))
 
 
-@pytest.mark.parametrize("test_resize, border_seen", [(32, False), (0, True), (8, True)])
+@pytest.mark.parametrize("test_resize, border_seen", [(32, False), (0, True), (16, True), (8, True)])
 def test_eval_transform_resizes_then_centre_crops(test_resize, border_seen):
     img = np.full((32, 32, 3), 255, np.uint8)
     img[8:24, 8:24] = 0  # white 8-pixel frame around a black 16x16 centre
     cfg = small_cfg(img_size=16, test_resize=test_resize)
     x = build_transform(cfg, train=False)(Image.fromarray(img))
     assert x.shape == (3, 16, 16)
-    assert bool(x.max() > 0.5) == border_seen  # test_resize 0 or < img_size resizes to img_size: frame kept
+    assert bool(x.max() > 0.5) == border_seen  # 0 resizes to 18 (16 * 256 / 224), 8 to img_size: frame kept
 
 
 def test_eval_resize_modes_match_torchvision_on_a_wide_image():
@@ -841,6 +842,15 @@ def test_image_folder_training_classes_through_class_index(tmp_path):
     splits = build_datasets(small_cfg(source="folder", root=str(tmp_path), class_index=str(tmp_path / "index.txt")))
     assert splits.classes == ["zebra", "ant"] and splits.train_counts == [2, 1]
     assert splits.test.targets == [1]
+
+
+def test_image_folder_class_of_the_index_without_training_images_names_its_line(tmp_path):
+    png(tmp_path / "train" / "ant" / "1.png")
+    png(tmp_path / "val" / "ant" / "1.png")
+    (tmp_path / "index.txt").write_text("ant 0\n\nzebra 1\n")
+    with pytest.raises(ConfigError, match=rf"index.txt:3: class 'zebra' \(label 1\) has no training images: "
+                                          rf"{tmp_path / 'train' / 'zebra'} is missing or holds no image file$"):
+        build_datasets(small_cfg(source="folder", root=str(tmp_path), class_index=str(tmp_path / "index.txt")))
 
 
 def test_imagenet_lt_classnames_index_matches_the_split_labels():

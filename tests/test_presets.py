@@ -52,6 +52,15 @@ def test_preset_loads_and_validates(name):
         assert "." in cfg.model.backbone, "pin the timm weights tag (arch.tag)"
 
 
+EVAL_GEOMETRY = {  # preset -> (img_size, test_resize) it evaluates with; before test_resize=0 followed img_size
+    **{name: (224, 256) for name in BENCHMARKS}, "demo": (28, 28), "folder": (28, 32)}
+
+
+def test_every_preset_keeps_its_evaluation_resize():
+    assert {name: (load_config(name).data.img_size, load_config(name).data.test_resize)
+            for name in preset_names()} == EVAL_GEOMETRY
+
+
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_every_preset_value_names_its_source(name):
     lines = preset_text(name).splitlines()

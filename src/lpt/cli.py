@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import sys
@@ -54,7 +55,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("lpt train needs --config PRESET_OR_YAML (or --resume RUN_DIR)")
     else:
         cfg = load_config(args.config, args.overrides + (["deterministic=true"] if args.deterministic else [])
-                          + (["data.skip_bad_images=true"] if args.skip_bad_images else []))
+                          + (["data.skip_bad_images=true"] if args.skip_bad_images else [])
+                          + ([f"threads={args.threads}"] if args.threads else []))
         out = Path(args.out) if args.out else _default_out(args.config)
     check_config(cfg)
     return _run_interruptible([(cfg, out)], "test accuracy %:", resume=bool(args.resume), overwrite=args.overwrite)
@@ -214,6 +216,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print every key of the resolved config with its value (as an override would write it) and its meaning."""
+    import yaml
+
+    from lpt.config import describe
+
+    def as_yaml(value) -> str:
+        return yaml.safe_dump(value, default_flow_style=True, width=1 << 30).removesuffix("...\n").strip()
+
+    rows = [(f"{key}: {as_yaml(value)}", comment) for key, value, comment in
+            describe(load_config(args.show, args.overrides))]
+    width = max(len(text) for text, _ in rows)
+    for text, comment in rows:
+        print(f"{text:<{width}}  # {comment}" if comment else text)
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from lpt.config import parse_kwargs
     from lpt.pretrain import PretrainConfig, pretrain
@@ -233,10 +252,27 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threads(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of threads (0: the usable cores)")
+    return int(text)
+
+
+def _common_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """Options every subcommand takes, before or after its name; after it, ``default=SUPPRESS`` leaves the
+    value given before it in place when not repeated."""
+    parser.add_argument("--quiet", action="store_true", default=default, help="log warnings only")
+    parser.add_argument("--threads", type=_threads, metavar="N", default=default,
+                        help="CPU threads of torch's operators (0: the cores this process may use)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lpt", description="Long-tailed prompt tuning of frozen ViTs (LPT).")
-    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    _common_options(parser, None)
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # every subcommand takes them
 
     p = sub.add_parser("train", help="train phase 1, phase 2 or both into a run directory")
     p.add_argument("--config", help=f"preset ({', '.join(preset_names())}) or YAML file")
@@ -318,10 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("compare", help="table of runs: method, backbone, shot-group accuracy, parameters, images/s")
+    p = sub.add_parser("compare", help="table of runs: method, backbone, shot-group accuracy, parameters, "
+                       "images/s (features/s for a linear probe)")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
     p.add_argument("--out", metavar="PREFIX", help="also write PREFIX.md and PREFIX.csv")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("config", help="print every config key with its resolved value and what it means")
+    p.add_argument("--show", required=True, metavar="PRESET_OR_YAML", help="preset or YAML file to resolve")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("pretrain", help="pretrain a small timm ViT offline (MAE or glyphs) into timm weights")
     p.add_argument("--recipe", required=True, choices=("mae", "glyphs"),
                    help="mae: masked autoencoder on Fashion-MNIST's training images (no labels); "
@@ -372,11 +414,19 @@ def _one_line(exc: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     import logging
 
-    from lpt.utils import setup_logging
+    from lpt.utils import set_threads, setup_logging
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse ends a list of key=value overrides at the first option: take up those that follow it too
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides += extra
     USER_ERRORS = _user_errors()
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
+    set_threads(args.threads or 0)  # torch's own default counts the machine's cores, not the usable ones
     try:
         return args.func(args)
     except USER_ERRORS as exc:

@@ -6,7 +6,11 @@ loads and saved as ``config.yaml`` next to the run's outputs.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import io
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,15 +39,16 @@ class DataConfig:
     download: bool = False  # fashion_mnist / cifar100: fetch through torchvision when missing
     imbalance_ratio: float = 1.0  # > 1: subsample training set to n_i = n_max * ratio^(-i/(C-1))
     max_per_class: int = 0  # n_max of the long-tail profile; 0 = size of the largest class
-    subsample_seed: int = 0  # seed of the per-class shuffle that picks the kept images
+    subsample_seed: int = 0  # seed of the per-class shuffles that pick the kept and the held-out images
+    holdout: float = 0.0  # > 0: evaluate on this fraction of each class's training images, kept out of training
     img_size: int = 224  # training and evaluation crop
-    test_resize: int = 256  # resize before the centre crop at evaluation (see test_resize_mode)
+    test_resize: int = 0  # resize before the centre crop at evaluation (see test_resize_mode); 0: img_size * 256 / 224
     test_resize_mode: str = "shorter"  # shorter: shorter side to test_resize | square: test_resize x test_resize
     interpolation: str = "bicubic"  # bicubic (timm's ViT configs) | bilinear (torchvision's default)
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per channel, on pixels scaled to [0, 1]
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per channel: (pixel - mean) / std
     train_aug: str = "rrc_flip"  # rrc_flip | crop_flip | none
-    num_workers: int = 4
+    num_workers: int = 4  # image-loading processes per stream; 0 loads in the training process
     samples_per_class: int = 4  # class-balanced sampling: images taken from each picked class
     skip_bad_images: bool = False  # scan image files before training; drop unreadable ones into bad_images.txt
 
@@ -72,14 +77,14 @@ class LossConfig:
     """Classification loss and the weights of dual sampling."""
 
     name: str = "agcl"  # agcl | gcl | ce
-    margin: float = 0.1
-    scale: float = 20.0
-    noise_mul: float = 0.5
-    label_smoothing: float = 0.1
-    gamma_pos_balanced: float = 0.0  # A-GCL focusing on the class-balanced batch
-    gamma_neg_balanced: float = 4.0
-    gamma_pos_instance: float = 0.5  # A-GCL focusing on the instance-balanced batch
-    gamma_neg_instance: float = 8.0
+    margin: float = 0.1  # gcl / agcl: subtracted from the true-class cosine
+    scale: float = 20.0  # multiplier of the cosine logits (inverse softmax temperature)
+    noise_mul: float = 0.5  # gcl / agcl: strength of the Gaussian cloud, larger for rarer classes
+    label_smoothing: float = 0.1  # eps of label smoothing
+    gamma_pos_balanced: float = 0.0  # A-GCL focusing on the true class, class-balanced batch
+    gamma_neg_balanced: float = 4.0  # A-GCL focusing on the other classes, class-balanced batch
+    gamma_pos_instance: float = 0.5  # A-GCL focusing on the true class, instance-balanced batch
+    gamma_neg_instance: float = 8.0  # A-GCL focusing on the other classes, instance-balanced batch
     eta: float = 0.5  # instance-batch weight beta = eta * (E - e) / E
 
 
@@ -87,12 +92,12 @@ class LossConfig:
 class PhaseConfig:
     """Optimisation of one training phase."""
 
-    epochs: int = 10
+    epochs: int = 10  # passes over the training set
     batch_size: int = 64  # per iteration and per stream (dual sampling draws two such batches)
     lr: float = 0.02  # base learning rate for a batch of 256; the run uses lr * batch_size / 256
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    warmup_epochs: float = 1.0
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 0.0  # SGD weight decay on the trained tensors
+    warmup_epochs: float = 1.0  # linear warm-up of the learning rate, then cosine decay
     sampling: str = "dual"  # dual | instance | balanced
     grad_accum: int = 1  # split each step's batches into this many micro-batches (less memory, same result)
 
@@ -108,15 +113,16 @@ class Config:
     phase2: PhaseConfig = field(default_factory=PhaseConfig)
     method: str = "lpt"  # lpt | lpt_joint | vpt | linear | full: a module of lpt.methods (its own rules apply)
     phases: list[str] = field(default_factory=lambda: ["phase1", "phase2"])  # lpt: phase1, phase2; others: phase1
-    seed: int = 0
+    seed: int = 0  # seed of initialisation, sampling and augmentation
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on GPU)
     compile: bool = False  # torch.compile the model's forwards (GPU: LPT phase-2 training 1.36x faster on an H100)
-    eval_batch_size: int = 256
+    eval_batch_size: int = 256  # images per evaluation batch
     init: str = ""  # run directory whose phase-1 tensors (shared prompt, classifier) start this run (phases=[phase2])
     checkpoint_every: int = 0  # > 0: save a resumable state every this many steps (always at epoch ends)
     deterministic: bool = False  # deterministic algorithms only: identical reruns and resumed runs on CPU
     progress: bool = True  # progress bar on an interactive terminal
+    threads: int = 0  # CPU threads of torch's operators; 0 = as the caller set them (lpt: --threads, else all usable)
 
 
 CHOICES = {
@@ -135,9 +141,16 @@ CHOICES = {
 PHASES = ("phase1", "phase2")
 
 
+def test_resize_of(data: DataConfig) -> int:
+    """The evaluation resize of ``data``: ``test_resize``, or when it is 0 the img_size scaled as 256 is to 224
+    (the usual crop ratio 0.875), so that a small img_size is not a centre crop of a 256-pixel upscale."""
+    return data.test_resize or round(data.img_size * 256 / 224)
+
+
 def validate(cfg: Config) -> Config:
-    """Check choices, ranges and cross-field rules; raise ConfigError naming the key. The method's own rules
-    (which phases, prompts or not) belong to the method: ``lpt.methods.check_config``."""
+    """Check choices, ranges and cross-field rules, raising ConfigError naming the key; resolve
+    ``data.test_resize=0`` (:func:`test_resize_of`), so that the saved config.yaml says what ran. The method's
+    own rules (which phases, prompts or not) belong to the method: ``lpt.methods.check_config``."""
     for key, allowed in CHOICES.items():
         value = get_value(cfg, key)
         if value not in allowed:
@@ -171,13 +184,27 @@ def validate(cfg: Config) -> Config:
                 f"config key 'model.backbone_args' has entry {name!r} with no value; "
                 "write {key: value} with a space after each colon"
             )
-    if cfg.data.imbalance_ratio < 1:
-        raise ConfigError(f"config key 'data.imbalance_ratio' is {cfg.data.imbalance_ratio}; expected 1 or more")
+    if cfg.threads < 0:
+        raise ConfigError(f"config key 'threads' is {cfg.threads}; expected 0 (as the caller set them) or more")
     if not 0 <= cfg.model.feature_dropout < 1:
         raise ConfigError(f"config key 'model.feature_dropout' is {cfg.model.feature_dropout}; expected [0, 1)")
-    if len(cfg.data.mean) != len(cfg.data.std):
-        raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
+    _validate_data(cfg.data)
     return cfg
+
+
+def _validate_data(d: DataConfig) -> None:
+    """The ranges and cross-field rules of ``data.*`` (img_size is checked positive before)."""
+    if not 0 <= d.holdout < 1:
+        raise ConfigError(f"config key 'data.holdout' is {d.holdout}; expected a fraction in [0, 1) of each "
+                          "class's training images to evaluate on (0: the source's evaluation split)")
+    if d.imbalance_ratio < 1:
+        raise ConfigError(f"config key 'data.imbalance_ratio' is {d.imbalance_ratio}; expected 1 or more")
+    if len(d.mean) != len(d.std):
+        raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
+    if d.test_resize != 0 and d.test_resize < d.img_size:
+        raise ConfigError(f"config key 'data.test_resize' is {d.test_resize}; expected 0 (follow "
+                          f"data.img_size) or at least data.img_size ({d.img_size})")
+    d.test_resize = test_resize_of(d)
 
 
 # ----------------------------------------------------------------------------- building from data
@@ -324,11 +351,20 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("lpt.presets").iterdir() if p.name.endswith(".yaml"))
 
 
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """One line for a YAML parse error: the file, where the parser stopped, and its complaint (PyYAML's own
+    message spans several lines, quoting the offending text)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{path}{where}: not valid YAML: {problem}"
+
+
 def read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(_yaml_problem(path, exc)) from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return data or {}
@@ -353,6 +389,31 @@ def load_config(preset_or_path: str, overrides: list[str] | None = None) -> Conf
             f"config '{preset_or_path}' is neither a YAML file nor a preset; presets: {', '.join(preset_names())}"
         )
     return from_dict(apply_overrides(data, overrides or []))
+
+
+@functools.cache
+def _field_comments() -> dict[str, dict[str, str]]:
+    """Dataclass name -> field name -> the comment on that field's line in this file: the one description
+    of each key, which ``lpt config --show`` prints beside its value."""
+    source = Path(__file__).read_text(encoding="utf-8")
+    comments = {tok.start[0]: tok.string[1:].strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    return {node.name: {stmt.target.id: comments.get(stmt.end_lineno, "") for stmt in node.body
+                        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)}
+            for node in ast.parse(source).body if isinstance(node, ast.ClassDef)}
+
+
+def describe(cfg: Any) -> list[tuple[str, Any, str]]:
+    """(dotted key, value, comment) of every key of ``cfg``, in declaration order."""
+    comments = _field_comments()
+    rows = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += [(f"{f.name}.{key}", v, c) for key, v, c in describe(value)]
+        else:
+            rows.append((f.name, value, comments.get(type(cfg).__name__, {}).get(f.name, "")))
+    return rows
 
 
 def save_config(cfg: Config, path: Path) -> None:

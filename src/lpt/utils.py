@@ -80,6 +80,24 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast("cuda", dtype=DTYPES[precision])
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and ``taskset`` narrow), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def set_threads(n: int) -> int:
+    """Set torch's intra-op threads to ``n`` (0: :func:`usable_cores`) and return the number set; torch's own
+    default counts every core of the machine, which oversubscribes a shared or CPU-limited one."""
+    if n < 0:
+        raise ValueError(f"threads is {n}; expected 0 (the usable cores) or more")
+    n = n or usable_cores()
+    torch.set_num_threads(n)
+    return n
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

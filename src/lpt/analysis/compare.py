@@ -2,7 +2,9 @@
 
 One row per run: method, backbone, overall / many / medium / few accuracy (standard shot rule,
 from ``metrics.json``), trained parameters (all phases, from ``model.safetensors``; see
-:func:`lpt.run.files.trained_params`) and the training throughput of the last phase.
+:func:`lpt.run.files.trained_params`) and the training throughput of the last phase, in
+the column of what was timed: images/s through the model, or features/s for a linear probe, which
+trains on features computed once (tens of thousands a second, not comparable with images).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lpt.analysis.report import fmt
-from lpt.run.files import method_label, read_run, trained_params
+from lpt.run.files import method_label, read_run, trained_params, trains_on_features
 from lpt.utils import atomic_write_text
 
-COLUMNS = ("run", "method", "backbone", "overall", "many", "medium", "few", "trainable_params", "images_per_s")
+COLUMNS = ("run", "method", "backbone", "overall", "many", "medium", "few", "trainable_params", "images_per_s",
+           "features_per_s")
 
 
 def compare_row(run_dir: str | Path) -> dict:
@@ -25,10 +28,12 @@ def compare_row(run_dir: str | Path) -> dict:
     phases = run.info.get("phases") or {}
     last = phases[list(phases)[-1]] if phases else {}
     backbone = (run.info.get("backbone") or {}).get("name") or run.config.get("model", {}).get("backbone")
+    timed = "features_per_s" if trains_on_features(run.method) else "images_per_s"
     return {
         "run": str(run_dir), "method": run.method_label, "backbone": backbone,
         **{g: run.metrics.get(g) for g in ("overall", "many", "medium", "few")},
-        "trainable_params": trained_params(run.path), "images_per_s": last.get("images_per_s"),
+        "trainable_params": trained_params(run.path), "images_per_s": None, "features_per_s": None,
+        timed: last.get("images_per_s"),  # the trainer counts samples, whatever they are
     }
 
 
@@ -37,14 +42,15 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
 
 
 def _cells(row: dict) -> list[str]:
-    n, ips = row["trainable_params"], row["images_per_s"]
+    n = row["trainable_params"]
     return [row["run"], row["method"], str(row["backbone"] or "-"),
-            *(fmt(row[g]) for g in ("overall", "many", "medium", "few")),
-            "-" if n is None else f"{n:,}", "-" if ips is None else f"{ips:.1f}"]
+            *(fmt(row[g]) for g in ("overall", "many", "medium", "few")), "-" if n is None else f"{n:,}",
+            *("-" if row[k] is None else f"{row[k]:.1f}" for k in ("images_per_s", "features_per_s"))]
 
 
 def to_markdown(rows: list[dict]) -> str:
-    header = ["run", "method", "backbone", "overall", "many", "medium", "few", "trainable params", "images/s"]
+    header = ["run", "method", "backbone", "overall", "many", "medium", "few", "trainable params", "images/s",
+              "features/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |" for r in rows]
     return "\n".join(lines)

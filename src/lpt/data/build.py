@@ -6,9 +6,11 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from lpt.config import ConfigError, DataConfig
 from lpt.data import sources as src
-from lpt.data.check import BadImage, drop_bad_images
+from lpt.data.scan import BadImage, drop_bad_images
 from lpt.data.datasets import ImageDataset, Transform
 from lpt.data.longtail import class_counts, longtail_counts, longtail_indices
 from lpt.data.sources import Splits
@@ -72,8 +74,9 @@ SOURCES: dict[str, Source] = {
         test=lambda c, te: src.load_list_test(c.root, c.train_list, c.test_list, te),
         train_labels=lambda c: src.list_train_labels(c.train_list),
     ),
-    "folder": Source(
-        splits=lambda c, tr, te: src.load_folder(c.root, c.train_dir, c.test_dir, tr, te, c.class_index),
+    "folder": Source(  # with data.holdout the evaluation folder is neither needed nor read
+        splits=lambda c, tr, te: src.load_folder(c.root, c.train_dir, "" if c.holdout else c.test_dir, tr, te,
+                                                 c.class_index),
         test=lambda c, te: src.load_folder_test(c.root, c.train_dir, c.test_dir, te, c.class_index),
         train_labels=lambda c: src.folder_train_labels(c.root, c.train_dir, c.class_index),
     ),
@@ -106,11 +109,42 @@ def longtail_keep(targets: list[int], classes: list[str], cfg: DataConfig) -> li
     wanted = longtail_counts(len(classes), n_max, max(cfg.imbalance_ratio, 1.0))
     short = next((c for c, (have, want) in enumerate(zip(counts, wanted)) if have < want), None)
     if short is not None:
+        largest = f"data.max_per_class={n_max}" if cfg.max_per_class else f"{n_max}, the largest class"
         raise ConfigError(
             f"class {short} ({classes[short]!r}) has {counts[short]} training images; the long-tail profile "
-            f"(data.imbalance_ratio={cfg.imbalance_ratio}, n_max={n_max}) asks for {wanted[short]}"
+            f"(data.imbalance_ratio={cfg.imbalance_ratio}, n_max = {largest}) asks for {wanted[short]}: lower "
+            "data.max_per_class or data.imbalance_ratio"
         )
     return longtail_indices(targets, wanted, cfg.subsample_seed)
+
+
+def holdout_split(targets: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of ``targets`` kept for training and held out for evaluation (``data.holdout``).
+
+    Stratified: each class of n >= 2 images holds out n * fraction of them (rounded half up), at least
+    one and at most n - 1, picked by a seeded shuffle of the class (one ``RandomState(seed)`` across
+    classes, in label order); a class of one image keeps it for training. Both lists are in dataset order.
+    """
+    labels = np.asarray(targets, dtype=np.int64)
+    rng = np.random.RandomState(seed)
+    held = []
+    for c in range(int(labels.max()) + 1 if labels.size else 0):
+        idx = np.where(labels == c)[0]
+        if len(idx) >= 2:
+            rng.shuffle(idx)
+            held.extend(idx[:min(max(int(len(idx) * fraction + 0.5), 1), len(idx) - 1)].tolist())
+    held_set = set(held)
+    return [i for i in range(len(labels)) if i not in held_set], sorted(held)
+
+
+def _hold_out(train: ImageDataset, cfg: DataConfig, test_transform: Transform) -> Splits:
+    """``train`` less its held-out images, and those images with the evaluation transform."""
+    keep, held = holdout_split(train.targets, cfg.holdout, cfg.subsample_seed)
+    if not held:
+        raise ConfigError(f"data.holdout={cfg.holdout} holds out no image: no class has 2 training images")
+    test = train.subset(held)
+    test.transform = test_transform
+    return train.subset(keep), test
 
 
 def apply_longtail(train: ImageDataset, cfg: DataConfig) -> ImageDataset:
@@ -141,7 +175,10 @@ def build_datasets(cfg: DataConfig) -> DataSplits:
         DataSplits whose every class has at least one training image.
     """
     source = get_source(cfg.source)
-    train, test = source.splits(cfg, build_transform(cfg, train=True), build_transform(cfg, train=False))
+    test_transform = build_transform(cfg, train=False)
+    train, test = source.splits(cfg, build_transform(cfg, train=True), test_transform)
+    if cfg.holdout:
+        train, test = _hold_out(train, cfg, test_transform)
     train = apply_longtail(train, cfg)
     bad: list[BadImage] = []
     if cfg.skip_bad_images:
@@ -161,15 +198,21 @@ def build_test_dataset(cfg: DataConfig) -> ImageDataset:
 
     Labels and class names (``dataset.classes``) are those :func:`build_datasets` gives; where
     the training data is absent, each source says how it labels (``data.class_index`` for a
-    folder, the evaluation file itself for a list or iNaturalist JSON).
+    folder, the evaluation file itself for a list or iNaturalist JSON). With ``data.holdout`` it is
+    the held-out part of the training split, which is then read.
     """
-    return get_source(cfg.source).test(cfg, build_transform(cfg, train=False))
+    source, transform = get_source(cfg.source), build_transform(cfg, train=False)
+    if cfg.holdout:
+        return _hold_out(source.splits(cfg, transform, transform)[0], cfg, transform)[1]
+    return source.test(cfg, transform)
 
 
 def build_train_labels(cfg: DataConfig) -> tuple[list[int], list[str]]:
-    """Labels of the training split after the long-tail profile, and the class names, without opening
+    """Labels of the training split after the hold-out and the long-tail profile, and the class names, without opening
     an image (list and JSON files are read, folders listed, in-memory arrays loaded)."""
     labels, classes = get_source(cfg.source).train_labels(cfg)
+    if cfg.holdout:
+        labels = [labels[i] for i in holdout_split(labels, cfg.holdout, cfg.subsample_seed)[0]]
     keep = longtail_keep(labels, classes, cfg)
     return (labels if keep is None else [labels[i] for i in keep]), classes
 

@@ -1,96 +1,14 @@
-"""Scan the image files of a dataset: open, decode and convert each one, as training would.
-
-Used by ``lpt data-check`` (report the unreadable images before a run) and by
-``data.skip_bad_images`` (drop them before training, listing them in ``bad_images.txt``).
-"""
+"""``lpt data-check``: decode every image of a config's splits, or of one list file, before a run."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from torch.utils.data import DataLoader, Dataset
-
-from lpt.data.datasets import BadImageError, FileImageDataset, ImageDataset, load_rgb
-
-
-@dataclass(frozen=True)
-class BadImage:
-    """One unreadable image.
-
-    Attributes:
-        split: ``"train"`` or ``"test"``.
-        index: its position in the scanned dataset.
-        origin: where it is listed (``"train.txt:12"``), or its path.
-        message: ``"<path>: cannot read image (<reason>)"``.
-    """
-
-    split: str
-    index: int
-    origin: str
-    message: str
-
-    def line(self) -> str:
-        """One line naming the list line (when known), the file and the reason."""
-        return self.message if self.message.startswith(self.origin) else f"{self.origin}: {self.message}"
-
-
-class _Probe(Dataset):
-    """``probe[i]`` is None when image i reads, else the one-line reason it does not."""
-
-    def __init__(self, paths: list[str]):
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> str | None:
-        try:
-            load_rgb(self.paths[index])
-        except BadImageError as exc:
-            return str(exc)
-        return None
-
-
-def _results(probe: _Probe, num_workers: int):
-    if num_workers <= 0:
-        return (probe[i] for i in range(len(probe)))
-    # Workers decode in parallel; results come back in order, so the first bad image is the first listed.
-    loader = DataLoader(probe, batch_size=32, num_workers=num_workers, collate_fn=list)
-    return (r for batch in loader for r in batch)
-
-
-def scan_images(dataset: ImageDataset, split: str, num_workers: int = 0, stop_at_first: bool = False) -> list[BadImage]:
-    """The unreadable images of ``dataset`` (an in-memory dataset has none), in dataset order.
-
-    Args:
-        dataset: the dataset to scan; only a :class:`FileImageDataset` reads files.
-        split: name used in the results (``"train"``, ``"test"``).
-        num_workers: decoding processes; 0 decodes in this process.
-        stop_at_first: raise on the first unreadable image instead of listing them all.
-
-    Raises:
-        BadImageError: with ``stop_at_first``, naming the list line and the file of the first bad image.
-    """
-    if not isinstance(dataset, FileImageDataset):
-        return []
-    bad = []
-    for index, message in enumerate(_results(_Probe(dataset.paths), num_workers)):
-        if message is None:
-            continue
-        found = BadImage(split, index, dataset.origin(index), message)
-        if stop_at_first:
-            raise BadImageError(found.line())
-        bad.append(found)
-    return bad
-
-
-def drop_bad_images(dataset: ImageDataset, split: str, num_workers: int = 0) -> tuple[ImageDataset, list[BadImage]]:
-    """``dataset`` without its unreadable images, and the list of those."""
-    bad = scan_images(dataset, split, num_workers)
-    if not bad:
-        return dataset, bad
-    dropped = {b.index for b in bad}
-    return dataset.subset([i for i in range(len(dataset)) if i not in dropped]), bad
+from lpt.data.build import build_datasets
+from lpt.data.datasets import FileImageDataset
+from lpt.data.scan import BadImage, scan_images
+from lpt.data.sources import _read_list, warn_duplicates
 
 
 @dataclass
@@ -123,8 +41,6 @@ def check_config(cfg) -> DataCheck:
             ``cfg.skip_bad_images``) a missing image.
         BadImageError: without ``cfg.skip_bad_images``, the first unreadable image, with its list line.
     """
-    from lpt.data.build import build_datasets  # build imports this module
-
     splits = build_datasets(cfg)
     if not cfg.skip_bad_images:
         for split, dataset in (("train", splits.train), ("test", splits.test)):
@@ -140,10 +56,6 @@ def check_list_file(list_file: str, root: str, skip_bad_images: bool = False, nu
 
     Raises as :func:`check_config` does; with ``skip_bad_images`` missing images are listed, not raised.
     """
-    from pathlib import Path
-
-    from lpt.data.sources import _read_list, warn_duplicates
-
     paths, labels, linenos = _read_list(Path(list_file), root, check_files=not skip_bad_images)
     warn_duplicates(list_file, paths, labels, linenos)
     dataset = FileImageDataset(paths, labels, [], None, [f"{list_file}:{n}" for n in linenos])

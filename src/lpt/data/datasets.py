@@ -44,6 +44,10 @@ class BadImageError(OSError):
     """An image file that cannot be opened, decoded or converted to RGB; the one-line message starts with its path."""
 
 
+# Appended where a dataset's image stops a run or a check: the way past it, which the message alone did not say.
+SKIP_HINT = "to drop unreadable images and list them, run with --skip-bad-images (data.skip_bad_images=true)"
+
+
 # What PIL raises on a missing, truncated, corrupt or non-image file (struct.error, SyntaxError and
 # ValueError come out of some broken PNG/TIFF headers; DecompressionBombError is not an OSError).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
@@ -127,7 +131,8 @@ class ArrayImageDataset(ImageDataset):
 
 
 class FileImageDataset(ImageDataset):
-    """Image files opened lazily, one per ``__getitem__``; an unreadable one raises :class:`BadImageError`.
+    """Image files opened lazily, one per ``__getitem__``; an unreadable one raises :class:`BadImageError`
+    (its message ends with :data:`SKIP_HINT`).
 
     Args:
         paths: N image file paths.
@@ -149,7 +154,10 @@ class FileImageDataset(ImageDataset):
         self.origins = list(origins) if origins is not None else None
 
     def load(self, index: int) -> Image.Image:
-        return load_rgb(self.paths[index])
+        try:
+            return load_rgb(self.paths[index])
+        except BadImageError as exc:
+            raise BadImageError(f"{exc}; {SKIP_HINT}") from exc.__cause__
 
     def origin(self, index: int) -> str:
         """Where image ``index`` is listed (``"train.txt:12"``), or its path when that is unknown."""

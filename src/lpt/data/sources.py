@@ -253,6 +253,25 @@ def _check_test_labels(test_list: str, labels: list[int], linenos: list[int], nu
                           f"the {num_classes} classes of the training list")
 
 
+def _check_train_labels(train_list: str, labels: list[int], linenos: list[int]) -> None:
+    """Every training label names a class with training images: a label past ``classnames.txt`` or above an
+    unused label (a typo, as 7 among 0..5) raises a ConfigError naming its line and the labels expected."""
+    names_file = Path(train_list).parent / "classnames.txt"
+    if names_file.is_file():
+        known = len(_list_lines(names_file))
+        bad = next((i for i, y in enumerate(labels) if y >= known), None)
+        if bad is not None:
+            raise ConfigError(f"{train_list}:{linenos[bad]}: label {labels[bad]} is outside [0, {known}), the "
+                              f"{known} classes named in {names_file}")
+    used = set(labels)
+    gap = next((c for c in range(max(labels)) if c not in used), None)
+    if gap is not None:
+        above = [i for i, y in enumerate(labels) if y > gap]
+        lines = f"{len(above)} lines have labels" if len(above) > 1 else "1 line has a label"
+        raise ConfigError(f"{train_list}:{linenos[above[0]]}: label {labels[above[0]]} is outside [0, {gap}), the "
+                          f"labels with training images: no line has label {gap} ({lines} above it)")
+
+
 def _require(source: str, **keys: str) -> None:
     """Raise ConfigError naming the first empty ``data.*`` key that ``source`` needs."""
     for key, value in keys.items():
@@ -277,6 +296,7 @@ def load_list(root: str, train_list: str, test_list: str, train_transform: Trans
     _check_root(root)
     train_paths, train_labels, train_linenos = _read_list(Path(train_list), root, check_files)
     test_paths, test_labels, test_linenos = _read_list(Path(test_list), root, check_files)
+    _check_train_labels(train_list, train_labels, train_linenos)
     num_classes = max(train_labels) + 1
     _check_test_labels(test_list, test_labels, test_linenos, num_classes)
     classes = read_class_names(train_list, num_classes)
@@ -613,17 +633,36 @@ def _folder_dataset(folder: Path, key: str, label_of: dict[str, int], known: str
     return FileImageDataset([p for p, _ in samples], [y for _, y in samples], classes, transform)
 
 
+def _check_index_classes(class_index: str, train: FileImageDataset, train_root: Path) -> None:
+    """Every class of a class index has training images; else a ConfigError naming its line of the index."""
+    used = set(train.targets)
+    empty = next((y for y in range(len(train.classes)) if y not in used), None)
+    if empty is not None:
+        name = train.classes[empty]
+        lineno = next(n for n, text in _list_lines(Path(class_index)) if text.split()[0] == name)
+        raise ConfigError(f"{class_index}:{lineno}: class '{name}' (label {empty}) has no training images: "
+                          f"{train_root / name} is missing or holds no image file")
+
+
 def load_folder(root: str, train_dir: str, test_dir: str, train_transform: Transform,
                 test_transform: Transform, class_index: str = "") -> Splits:
     """ImageFolder layout: ``root/train_dir/<class>/<image>`` and ``root/test_dir/<class>/<image>``.
 
     Classes are the training subfolders in sorted order (torchvision's ImageFolder rule), or the
     classes of ``class_index`` (see :func:`read_class_index`); the evaluation folder may hold a
-    subset of them, labelled the same way.
+    subset of them, labelled the same way. An empty ``test_dir`` reads no evaluation folder (``data.holdout``
+    evaluates on training images instead) and gives an empty evaluation dataset.
     """
     label_of, classes, known = folder_classes(root, train_dir, class_index)
     train = _folder_dataset(Path(root) / train_dir, "data.root/data.train_dir", label_of, known, classes,
                             train_transform, allow_empty=False)
+    if class_index:
+        _check_index_classes(class_index, train, Path(root) / train_dir)
+    if not test_dir:
+        return train, FileImageDataset([], [], classes, test_transform)
+    if not (Path(root) / test_dir).is_dir():
+        raise ConfigError(f"evaluation folder {Path(root) / test_dir} (data.root/data.test_dir) is not a folder; "
+                          "without one, set data.holdout=0.2 (say) to evaluate on held-out training images")
     test = _folder_dataset(Path(root) / test_dir, "data.root/data.test_dir", label_of, known, classes,
                            test_transform, allow_empty=True)
     return train, test

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from lpt.config import ConfigError, DataConfig
+from lpt.config import ConfigError, DataConfig, test_resize_of
 
 INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
@@ -37,8 +37,8 @@ def build_transform(cfg: DataConfig, train: bool, normalize: bool = True) -> v2.
 
     Training: ``rrc_flip`` (RandomResizedCrop + horizontal flip), ``crop_flip`` (resize the short
     side to img_size, RandomCrop with padding img_size // 8, flip) or ``none`` (resize + centre
-    crop). Evaluation: resize the short side to ``test_resize`` (img_size when test_resize is 0
-    or smaller than img_size), keeping the aspect ratio, or with ``test_resize_mode=square`` the
+    crop). Evaluation: resize the short side to ``test_resize`` (when it is 0, img_size * 256 / 224;
+    img_size when it is smaller), keeping the aspect ratio, or with ``test_resize_mode=square`` the
     whole image to test_resize x test_resize, as the published LPT script does; then centre-crop
     img_size. The two agree on square images (Places365-Standard, CIFAR). Both end with scaling to [0, 1] and
     ``Normalize(mean, std)``.
@@ -56,7 +56,8 @@ def build_transform(cfg: DataConfig, train: bool, normalize: bool = True) -> v2.
     if train:
         geometry = _train_geometry(cfg)
     else:
-        geometry = _eval_geometry(cfg.test_resize, cfg.img_size, cfg.test_resize_mode, INTERPOLATION[cfg.interpolation])
+        geometry = _eval_geometry(test_resize_of(cfg), cfg.img_size, cfg.test_resize_mode,
+                                  INTERPOLATION[cfg.interpolation])
     finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(cfg.mean), std=list(cfg.std))]
     return v2.Compose([
         *geometry,  # on the PIL image

@@ -216,6 +216,14 @@ def read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return read_tensors(Path(run_dir) / CHECKPOINT)
 
 
+def trains_on_features(method: str) -> bool:
+    """Whether a method trains on features computed once (its throughput counts features, not images)."""
+    try:
+        return get_method(method).features
+    except ConfigError:
+        return False
+
+
 def method_label(method: str, phase: int | None = None) -> str:
     """Readable method name, with the phase for a two-phase method (``LPT phase 2``)."""
     try:

@@ -34,7 +34,7 @@ from lpt.model.lpt import GROUP_PROMPTS
 from lpt.model.state import load_strict
 from lpt.run import files
 from lpt.run.load import build_run_model, load_trained, shot_metrics
-from lpt.utils import log, resolve_device
+from lpt.utils import log, resolve_device, set_threads
 
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
@@ -47,6 +47,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: boo
     """
     check_config(cfg)
     check_fits(cfg.model, cfg.data.img_size)
+    if cfg.threads:
+        set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     dist, device = init_distributed(device)
     out_dir = Path(out_dir)
