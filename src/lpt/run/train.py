@@ -235,6 +235,7 @@ def _write_results(run: _Training, started: float) -> None:
         "lpt_version": __version__, "method": run.cfg.method, "backbone": run.identity.to_dict(),
         "phases": run.summary, "backbone_params": sum(p.numel() for p in run.model.backbone.parameters()),
         "device": str(run.env.device), "world_size": run.env.dist.world_size, "wall_seconds": time.time() - started,
+        "eval_transform": str(build_transform(run.cfg.data, train=False)),
     })
     if run.outputs is not None:
         files.write_predictions(run.out_dir, run.outputs)

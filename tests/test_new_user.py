@@ -1,0 +1,177 @@
+"""What a new user hit on their own data: nothing already written is lost, and every mistake is one line."""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lpt
+from lpt.cli import main
+from tests.conftest import tiny_run_overrides
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_fmnist):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["--quiet", "train", "--config", "demo", "--out", str(out), *tiny_run_overrides(tiny_fmnist)]) == 0
+    return out
+
+
+def snapshot(folder):
+    """Every file below ``folder`` (hidden ones too) with the SHA-256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line_error(argv, capsys):
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in captured.err + captured.out, err
+    return err
+
+
+def train_into(out, root, *extra):
+    return ["train", "--config", "demo", "--out", str(out), *tiny_run_overrides(root), *extra]
+
+
+# ----------------------------------------------------------------------------- --out never destroys
+
+
+def test_a_finished_run_is_refused_and_left_byte_identical(finished_run, tiny_fmnist, tmp_path, capsys):
+    run = tmp_path / "finished"
+    shutil.copytree(finished_run, run)
+    (run / "analysis.json").write_text("{}")  # what a later `lpt analyze` leaves
+    before = snapshot(run)
+    err = one_line_error(train_into(run, tiny_fmnist), capsys)
+    assert str(run) in err and "finished lpt run" in err and "--overwrite" in err
+    assert snapshot(run) == before
+
+
+def test_an_interrupted_run_is_refused_pointing_to_resume(finished_run, tiny_fmnist, tmp_path, capsys):
+    run = tmp_path / "interrupted"
+    shutil.copytree(finished_run, run)
+    (run / "metrics.json").unlink()  # a run stopped before its end has a resumable state, no results
+    (run / "run.json").unlink()
+    before = snapshot(run)
+    err = one_line_error(train_into(run, tiny_fmnist), capsys)
+    assert "interrupted lpt run" in err and f"lpt train --resume {run}" in err
+    assert snapshot(run) == before
+
+
+def test_a_folder_that_is_not_a_run_is_refused_even_with_overwrite(tiny_fmnist, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my: own config\n")
+    (mine / "report.html").write_text("<p>my report</p>")
+    before = snapshot(mine)
+    for extra in ([], ["--overwrite"]):
+        err = one_line_error(train_into(mine, tiny_fmnist) + extra, capsys)
+        assert str(mine) in err and "not an lpt run" in err
+        assert snapshot(mine) == before  # not even a lock file
+
+
+def test_overwrite_deletes_the_earlier_run_first(finished_run, tiny_fmnist, tmp_path):
+    run = tmp_path / "again"
+    shutil.copytree(finished_run, run)
+    (run / "analysis.json").write_text("{}")
+    (run / "analysis_lda.png").write_bytes(b"old plot")
+    overrides = ["phases=[phase1]", "phase1.epochs=1"]
+    assert main(["--quiet", *train_into(run, tiny_fmnist, *overrides), "--overwrite"]) == 0
+    assert not (run / "analysis.json").exists() and not (run / "analysis_lda.png").exists()
+    assert json.loads((run / "run.json").read_text())["phases"].keys() == {"phase1"}
+    assert lpt.load_run(run).model.phase == 1
+
+
+def test_a_failed_start_leaves_nothing_behind(tmp_path, capsys):
+    new = tmp_path / "new"
+    one_line_error(["train", "--config", "demo", "--out", str(new), f"data.root={tmp_path / 'nowhere'}"], capsys)
+    assert not new.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(["train", "--config", "demo", "--out", str(empty), f"data.root={tmp_path / 'nowhere'}"], capsys)
+    assert empty.is_dir() and not any(empty.iterdir())
+
+
+# ----------------------------------------------------------------------------- one-line errors, before any data
+
+
+def test_split_block_not_below_the_depth_is_refused_before_any_data_loads(tmp_path, capsys):
+    # the demo backbone has 6 blocks; the data root does not exist, so reaching the data would say so instead
+    err = one_line_error(["train", "--config", "demo", "--out", str(tmp_path / "r"), "model.split_block=6",
+                          f"data.root={tmp_path / 'nowhere'}"], capsys)
+    assert "'model.split_block' is 6" in err and "0..5" in err and "demo_vit_glyphs" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_img_size_other_than_the_backbones_is_refused_before_any_data_loads(tmp_path, capsys):
+    err = one_line_error(["train", "--config", "demo", "data.img_size=32", "data.test_resize=32",
+                          f"data.root={tmp_path / 'nowhere'}"], capsys)
+    assert "'data.img_size' is 32" in err and "28x28" in err
+
+
+@pytest.mark.parametrize("command", ["report", "compare"])
+def test_report_and_compare_on_a_truncated_checkpoint_are_one_line(finished_run, tmp_path, capsys, command):
+    run = tmp_path / "truncated"
+    shutil.copytree(finished_run, run)
+    data = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").write_bytes(data[: len(data) // 2])
+    err = one_line_error([command, str(run)], capsys)
+    assert "model.safetensors" in err
+
+
+# ----------------------------------------------------------------------------- the Python API
+
+
+def test_run_predict_equals_lpt_predict(finished_run, tmp_path, capsys):
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(np.full((28, 28), 60 * i, dtype=np.uint8)).save(paths[-1])
+    run = lpt.load_run(finished_run)
+    probs = run.predict(paths)
+    assert probs.shape == (3, 10) and torch.allclose(probs.sum(1), torch.ones(3))
+    by_hand = (run.config.loss.scale * run.model(torch.stack([run.transform(Image.open(p)) for p in paths])))
+    torch.testing.assert_close(probs, by_hand.softmax(1))
+    torch.testing.assert_close(run.predict([Image.open(p) for p in paths]), probs)
+    capsys.readouterr()
+    assert main(["predict", "--run", str(finished_run), *map(str, paths), "--topk", "1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    for line, p in zip(printed, probs):
+        assert line.endswith(f"{run.classes[int(p.argmax())]} ({float(p.max()):.3f})")
+
+
+def test_run_predict_refuses_what_the_model_would_misread(finished_run):
+    run = lpt.load_run(finished_run)
+    with pytest.raises(lpt.config.ConfigError, match=r"torch.uint8; the model takes normalised float images"):
+        run.predict(torch.zeros(2, 3, 28, 28, dtype=torch.uint8))
+    with pytest.raises(lpt.config.ConfigError, match=r"shape \(2, 3, 32, 32\); the model takes \[N, 3, 28, 28\]"):
+        run.predict(torch.zeros(2, 3, 32, 32))
+
+
+def test_the_run_records_its_evaluation_transform(finished_run):
+    run = lpt.load_run(finished_run)
+    recorded = json.loads((finished_run / "run.json").read_text())["eval_transform"]
+    assert recorded == str(run.transform) and "CenterCrop(size=(28, 28))" in recorded
+
+
+def test_match_on_a_phase1_model_is_refused(finished_run):
+    model = lpt.load_run(finished_run).model
+    model.set_phase(1)
+    with pytest.raises(ValueError, match="phase-2 model; this one is in phase 1"):
+        model.match(torch.randn(2, 3, 28, 28))
+
+
+def test_config_threads_set_torch_threads_for_training(tiny_fmnist, tmp_path):
+    torch.set_num_threads(2)
+    cfg = lpt.config.load_config("demo", [*tiny_run_overrides(tiny_fmnist), "threads=1", "phases=[phase1]",
+                                          "phase1.epochs=1"])
+    lpt.train(cfg, tmp_path / "run")
+    assert torch.get_num_threads() == 1
