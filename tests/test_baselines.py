@@ -70,3 +70,29 @@ def test_plain_query_is_the_plain_vit_feature(tiny_overrides):
 def test_method_settings_are_validated(overrides, message):
     with pytest.raises(ConfigError, match=message):
         check_config(load_config("demo", overrides))
+
+
+def test_a_method_is_one_class_the_trainer_run_and_tables_find_by_name(tiny_overrides, tmp_path):
+    from lpt.analysis.compare import compare_runs
+    from lpt.methods import REGISTRY, Method
+
+    class HeadOnly(Method):  # the prompt stays as initialised: only the classifier trains
+        name = "test_head_only"
+        label = "head only"
+
+        def prepare(self, model, phase):
+            model.set_phase(1)
+            model.shared_prompt.requires_grad_(False)
+            return list(model.head.parameters())
+
+    try:
+        cfg = load_config("demo", tiny_overrides + ["method=test_head_only", "phases=[phase1]", "phase1.epochs=1"])
+        before = initial_tensors(cfg)
+        train(cfg, tmp_path / "run")
+        after = lpt.load_run(tmp_path / "run").model.state_dict()
+        assert {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])} == {"head"}
+        assert compare_runs([tmp_path / "run"])[0]["method"] == "head only"
+        with pytest.raises(ConfigError, match="method 'test_head_only' has one stage: set phases=\\[phase1\\]"):
+            check_config(load_config("demo", tiny_overrides + ["method=test_head_only"]))
+    finally:
+        del REGISTRY[HeadOnly.name]

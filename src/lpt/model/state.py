@@ -32,6 +32,13 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, A
     atomic_write_bytes(path, data)
 
 
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], **metadata: str) -> None:
+    """A backbone's weights as a plain safetensors file (timm's ``load_state_dict`` reads it; ``format: pt``
+    as torch's own safetensors files say), atomically. ``metadata`` notes where the weights came from."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(tensors, metadata={"format": "pt", **metadata}))
+
+
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata of an lpt safetensors file; raise CheckpointError naming the file otherwise."""
     path = Path(path)

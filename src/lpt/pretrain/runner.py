@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import timm
 import torch
 import torch.nn as nn
@@ -27,10 +26,11 @@ from timm.models.vision_transformer import VisionTransformer
 from lpt.config import ConfigError
 from lpt.engine.trainer import TrainingError, lr_schedule
 from lpt.model.backbone import BackboneError, check_vit_layout, create_backbone
+from lpt.model.state import save_weights
 from lpt.pretrain.card import hardware, write_card
 from lpt.pretrain.config import PretrainConfig
 from lpt.pretrain.recipes import build_recipe
-from lpt.utils import atomic_write_bytes, autocast, log, resolve_device, seed_everything
+from lpt.utils import autocast, log, resolve_device, seed_everything
 
 WEIGHTS_FILE = "backbone.safetensors"
 NO_DECAY = ("pos_embed", "cls_token", "reg_token", "mask_token")
@@ -118,9 +118,8 @@ def _log_line(step: int, total: int, window: torch.Tensor, finite: bool, lr: flo
 def save_backbone(encoder: VisionTransformer, path: Path, cfg: PretrainConfig) -> dict[str, torch.Tensor]:
     """The encoder's state dict (timm key names, no head) as fp16 safetensors; returns what was written."""
     tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in encoder.state_dict().items()}
-    meta = {"format": "pt", "lpt_backbone": cfg.backbone, "lpt_backbone_args": str(cfg.encoder_args()),
-            "lpt_recipe": cfg.recipe}
-    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=meta))
+    save_weights(path, tensors, lpt_backbone=cfg.backbone, lpt_backbone_args=str(cfg.encoder_args()),
+                 lpt_recipe=cfg.recipe)
     return tensors
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as safetensors_bytes
 
 from lpt.version import __version__
 from lpt.config import Config, ConfigError, ModelConfig, apply_overrides, from_dict, load_config, to_dict
@@ -17,9 +16,10 @@ from lpt.data.sources import read_list_file
 from lpt.model.backbone import BackboneIdentity
 from lpt.model.lpt import LPT
 from lpt.model.official import OFFICIAL_BACKBONE, OfficialCheckpointError, build_official, read_official_state
+from lpt.model.state import save_weights
 from lpt.run import files
 from lpt.run.load import build_run_model
-from lpt.utils import atomic_write_bytes, log
+from lpt.utils import log
 
 
 def train_counts_from_list(path: str | Path, num_classes: int) -> list[int]:
@@ -49,7 +49,7 @@ def read_train_counts(path: str | Path, num_classes: int) -> list[int]:
     return counts
 
 
-def read_class_names(path: str | Path, num_classes: int) -> list[str]:
+def read_classes_file(path: str | Path, num_classes: int) -> list[str]:
     """Class names, one per non-blank line, in label order."""
     try:
         names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -128,7 +128,7 @@ def import_official(
     model, model_cfg = build_official(read_official_state(path), backbone, dict(backbone_args or {}), top_k, str(path))
     c = model.num_classes
     counts = train_counts_from_list(train_list, c) if train_list else read_train_counts(train_counts_file, c)
-    classes = read_class_names(classes_file, c) if classes_file else [str(i) for i in range(c)]
+    classes = read_classes_file(classes_file, c) if classes_file else [str(i) for i in range(c)]
     model_cfg.checkpoint = files.BACKBONE
     _write_run(out_dir, path, model, _run_config(config, list(overrides or []), model_cfg), classes, counts)
     log.info("imported %s into %s: %s, L=%d, prompt_len %d, pool %d, K=%d, top_k %d, %d classes", path, out_dir,
@@ -141,8 +141,7 @@ def _write_run(out_dir: Path, path: Path, model: LPT, cfg: Config, classes: list
     """backbone.safetensors, config.yaml, classes.json, model.safetensors and run.json of an imported run."""
     c = model.num_classes
     vit_state = {k: v.detach().contiguous() for k, v in model.backbone.state_dict().items()}
-    atomic_write_bytes(out_dir / files.BACKBONE,
-                       safetensors_bytes(vit_state, metadata={"format": "pt", "source": str(path)}))
+    save_weights(out_dir / files.BACKBONE, vit_state, source=str(path))
     files.write_setup(out_dir, cfg, classes, counts)
     identity = _check_reload(out_dir, vit_state, c)
     meta = {"lpt_version": __version__, "phase": 2, "num_classes": c, "backbone": identity.to_dict(),
