@@ -429,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads or 0)  # torch's own default counts the machine's cores, not the usable ones
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader went away (`lpt config --show demo | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except USER_ERRORS as exc:
         print(f"lpt {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
