@@ -102,6 +102,7 @@ def test_run_directory_in_use_is_refused(tmp_path):
         child = subprocess.run([sys.executable, "-c", (
             "import sys; from pathlib import Path; from lpt.run.files import run_lock\n"
             f"with run_lock(Path({str(tmp_path)!r})): pass")], capture_output=True, text=True)
+        assert (tmp_path / ".lock").is_file()  # the refused process leaves the holder's lock alone
     assert child.returncode != 0 and "in use by another lpt process" in child.stderr
     with run_lock(tmp_path):  # released: usable again
         pass

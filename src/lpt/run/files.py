@@ -89,18 +89,11 @@ def clear(run_dir: Path) -> None:
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
-def release_if_unused(run_dir: Path, created: bool) -> None:
-    """After a start that failed before writing anything: remove the lock, and the directory if this run made it."""
-    run_dir = Path(run_dir)
-    if run_dir.is_dir() and not [p for p in run_dir.iterdir() if p.name != LOCK]:
-        (run_dir / LOCK).unlink(missing_ok=True)
-        if created:
-            run_dir.rmdir()
-
-
 @contextmanager
 def run_lock(run_dir: Path):
-    """Hold an exclusive lock on the run directory; refuse one that another process holds."""
+    """Hold an exclusive lock on the run directory; refuse one that another process holds. If nothing but the
+    lock was written when it is released (a start that failed), the lock goes, and the directory if made here."""
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fh = open(run_dir / LOCK, "a+")
     try:
@@ -117,6 +110,10 @@ def run_lock(run_dir: Path):
     try:
         yield
     finally:
+        if not [p for p in run_dir.iterdir() if p.name != LOCK]:  # still holding the lock: no one else is here
+            (run_dir / LOCK).unlink()
+            if created:
+                run_dir.rmdir()
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
 

@@ -56,15 +56,10 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: boo
         torch.use_deterministic_algorithms(True)
     if dist.is_main and not resume:
         files.check_claim(out_dir, overwrite)  # before the lock file: a refused folder is left untouched
-    created = not out_dir.exists()
-    try:
-        with files.run_lock(out_dir) if dist.is_main else nullcontext(), StopRequest().installed() as stop:
-            if dist.is_main and not resume and overwrite:
-                files.clear(out_dir)
-            return _train_locked(cfg, out_dir, resume, Env(device, cfg.precision, dist, cfg.progress), stop)
-    finally:
-        if dist.is_main:
-            files.release_if_unused(out_dir, created)
+    with files.run_lock(out_dir) if dist.is_main else nullcontext(), StopRequest().installed() as stop:
+        if dist.is_main and not resume and overwrite:
+            files.clear(out_dir)
+        return _train_locked(cfg, out_dir, resume, Env(device, cfg.precision, dist, cfg.progress), stop)
 
 
 @dataclass
