@@ -40,17 +40,15 @@ def print_summary(outs: list[Path], title: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lpt.config import from_dict, read_yaml
     from lpt.methods import check_config
+    from lpt.run.files import read_config
 
     if args.resume:
         if args.config or args.overrides or args.out or args.skip_bad_images or args.overwrite:
             raise ConfigError("--resume RUN_DIR continues a run with its own config; "
                               "drop --config, --out, --overwrite, --skip-bad-images and overrides")
         out = Path(args.resume)
-        if not (out / "config.yaml").is_file():
-            raise ConfigError(f"{out} is not an lpt run directory (no config.yaml)")
-        cfg = from_dict(read_yaml(out / "config.yaml"))
+        cfg = read_config(out)
     elif not args.config:
         raise ConfigError("lpt train needs --config PRESET_OR_YAML (or --resume RUN_DIR)")
     else:
