@@ -33,6 +33,7 @@ class DataConfig:
     root: str = ""  # IDX folder, CIFAR root, image root of a list file, or ImageFolder root
     train_list: str = ""  # source=list: training split, lines "relative/path label"
     test_list: str = ""  # source=list: evaluation split
+    val_list: str = ""  # source=list: validation split, evaluated every val_every epochs (select: best_val)
     train_dir: str = "train"  # source=folder: subfolder of root holding the training classes
     test_dir: str = "val"  # source=folder: subfolder of root holding the evaluation classes
     class_index: str = ""  # optional "folder_name label" file mapping class folders to labels (ImageNet-Sketch)
@@ -98,6 +99,7 @@ class PhaseConfig:
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 0.0  # SGD weight decay on the trained tensors
     warmup_epochs: float = 1.0  # linear warm-up of the learning rate, then cosine decay
+    schedule: str = "steps"  # steps: warm-up, cosine per step | published: timm's cosine per epoch (DongSky/LPT)
     sampling: str = "dual"  # dual | instance | balanced
     grad_accum: int = 1  # split each step's batches into this many micro-batches (less memory, same result)
 
@@ -120,6 +122,8 @@ class Config:
     eval_batch_size: int = 256  # images per evaluation batch
     init: str = ""  # run directory whose phase-1 tensors (shared prompt, classifier) start this run (phases=[phase2])
     checkpoint_every: int = 0  # > 0: save a resumable state every this many steps (always at epoch ends)
+    val_every: int = 1  # with data.val_list: evaluate on it every this many epochs (and at each phase's end)
+    select: str = "last"  # last: the model after the last epoch | best_val: the epoch best on data.val_list
     deterministic: bool = False  # deterministic algorithms only: identical reruns and resumed runs on CPU
     progress: bool = True  # progress bar on an interactive terminal
     threads: int = 0  # CPU threads of torch's operators; 0 = as the caller set them (lpt: --threads, else all usable)
@@ -137,6 +141,9 @@ CHOICES = {
     "phase1.sampling": ("dual", "instance", "balanced"),
     "phase2.sampling": ("dual", "instance", "balanced"),
     "precision": ("fp32", "bf16", "fp16"),
+    "phase1.schedule": ("steps", "published"),
+    "phase2.schedule": ("steps", "published"),
+    "select": ("last", "best_val"),
 }
 PHASES = ("phase1", "phase2")
 
@@ -163,7 +170,7 @@ def validate(cfg: Config) -> Config:
     positive = {
         "model.pool_size": m.pool_size, "model.top_k": m.top_k,
         "data.img_size": cfg.data.img_size, "data.samples_per_class": cfg.data.samples_per_class,
-        "eval_batch_size": cfg.eval_batch_size,
+        "eval_batch_size": cfg.eval_batch_size, "val_every": cfg.val_every,
     }
     for phase in PHASES:
         p = getattr(cfg, phase)
@@ -188,6 +195,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'threads' is {cfg.threads}; expected 0 (as the caller set them) or more")
     if not 0 <= cfg.model.feature_dropout < 1:
         raise ConfigError(f"config key 'model.feature_dropout' is {cfg.model.feature_dropout}; expected [0, 1)")
+    if cfg.select == "best_val" and not cfg.data.val_list:
+        raise ConfigError("config key 'select' is 'best_val' but data.val_list names no validation split; the "
+                          "test split is never used to choose a checkpoint")
     _validate_data(cfg.data)
     return cfg
 

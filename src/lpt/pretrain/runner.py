@@ -24,7 +24,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from lpt.config import ConfigError
-from lpt.engine.trainer import TrainingError, lr_schedule
+from lpt.engine.step import TrainingError, lr_schedule
 from lpt.model.backbone import BackboneError, check_vit_layout, create_backbone
 from lpt.model.state import save_weights
 from lpt.pretrain.card import hardware, write_card
