@@ -271,3 +271,48 @@ def test_out_of_memory_names_the_batch_size_and_suggests_accumulation():
     with pytest.raises(TrainingError, match=r"phase2: GPU out of memory at batch size 4 per stream \(7 images per "
                                             r"step\); lower phase2.batch_size or set phase2.grad_accum=2"):
         step.forward_backward(two_batches(), 0)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_key_term_is_the_published_half_sum_over_the_selected_keys(k):
+    """The published script subtracts 0.5 * reduced_sim, reduced_sim = sum over images and selected keys of
+    cos(q, k_j) / B; lpt adds 1 to it (a constant), whatever k is."""
+    model = tiny_lpt(2)
+    model.pool.top_k = k
+    method = lpt_method().eval()
+    xi, yi = two_batches()["instance"]
+    out = method(model, {"instance": (xi, yi)}, 5, 10)
+    with torch.no_grad():
+        q = model.query(xi)
+        cos = [[F.cosine_similarity(q[b], key, dim=0).item() for key in model.pool.keys] for b in range(len(xi))]
+        reduced_sim = sum(sum(sorted(row, reverse=True)[:k]) for row in cos) / len(xi)
+        expected = reference_agcl(0.5, 8.0)(model(xi), yi).item() + 1.0 - 0.5 * reduced_sim
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_published_schedule_equals_timms_scheduler_stepped_per_epoch_as_the_script(monkeypatch):
+    from timm.scheduler import CosineLRScheduler
+
+    seen = []
+    call = TrainStep.__call__
+
+    def recording(self, batches, index, epoch):
+        out = call(self, batches, index, epoch)
+        seen.append(self.optimizer.param_groups[0]["lr"])
+        return out
+
+    monkeypatch.setattr(TrainStep, "__call__", recording)
+    pcfg = PhaseConfig(epochs=3, batch_size=4, lr=2.0, schedule="published")
+    train_phase(tiny_lpt(1), lpt_method(), 1, TinyStream(steps=3), pcfg)
+    base = 2.0 * 4 / 256
+    # DongSky/LPT train_dual_dualloss.py: built once, stepped with step(epoch + 1) after each epoch
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
+    scheduler = CosineLRScheduler(optimizer, warmup_lr_init=1e-6, t_initial=3, cycle_decay=0.1, warmup_t=1)
+    expected = []
+    for epoch in range(3):
+        expected += [optimizer.param_groups[0]["lr"]] * 3
+        scheduler.step(epoch + 1)
+    assert seen == expected
+    by_hand = [1e-6] * 3 + [0.5 * base * (1 + math.cos(math.pi / 3))] * 3 \
+        + [0.5 * base * (1 + math.cos(2 * math.pi / 3))] * 3
+    assert seen == pytest.approx(by_hand, rel=1e-12)

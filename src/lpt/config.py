@@ -176,6 +176,9 @@ def validate(cfg: Config) -> Config:
         p = getattr(cfg, phase)
         positive.update({f"{phase}.epochs": p.epochs, f"{phase}.batch_size": p.batch_size, f"{phase}.lr": p.lr,
                          f"{phase}.grad_accum": p.grad_accum})
+        if p.schedule == "published" and not float(p.warmup_epochs).is_integer():
+            raise ConfigError(f"config key '{phase}.warmup_epochs' is {p.warmup_epochs}; the published schedule "
+                              "warms up whole epochs")
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"config key '{key}' is {value!r}; expected a positive number")

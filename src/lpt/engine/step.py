@@ -1,8 +1,8 @@
 """One optimisation step: forward and loss (the method), backward, gradient average, optimiser step.
 
-SGD with momentum at a rate from a schedule computed up front; mixed precision through autocast and
-``GradScaler(enabled=...)``; ``grad_accum`` micro-batches whose losses and gradients add up to the
-full batch's.
+SGD with momentum at a rate from a schedule computed up front (per step, or the published per-epoch
+form); mixed precision through autocast and ``GradScaler(enabled=...)``; ``grad_accum`` micro-batches
+whose losses and gradients add up to the full batch's.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from timm.scheduler import CosineLRScheduler
 
 from lpt.config import PhaseConfig
 from lpt.distributed import DistContext
@@ -43,6 +44,30 @@ def lr_schedule(base_lr: float, total_steps: int, warmup_steps: int) -> list[flo
             t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
             lrs.append(0.5 * base_lr * (1.0 + math.cos(math.pi * t)))
     return lrs
+
+
+def published_schedule(base_lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: int) -> list[float]:
+    """Per-step learning rates of the published phase-2 script (DongSky/LPT ``train_dual_dualloss.py``): timm's
+    ``CosineLRScheduler(warmup_lr_init=1e-6, t_initial=epochs, cycle_decay=0.1, warmup_t=warmup_epochs)``, which
+    sets the first epoch's rate at construction, stepped with ``step(epoch + 1)`` after every epoch, so each
+    epoch trains at one constant rate (the warm-up epoch at 1e-6)."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
+    scheduler = CosineLRScheduler(optimizer, warmup_lr_init=1e-6, t_initial=epochs, cycle_decay=0.1,
+                                  warmup_t=warmup_epochs)
+    lrs = []
+    for epoch in range(epochs):
+        lrs += [optimizer.param_groups[0]["lr"]] * steps_per_epoch
+        scheduler.step(epoch + 1)
+    return lrs
+
+
+def phase_schedule(phase_cfg: PhaseConfig, steps_per_epoch: int, world_size: int) -> list[float]:
+    """The rate of every step of a phase: ``phase_cfg.schedule`` is ``steps`` (lpt's per-step warm-up and
+    cosine) or ``published`` (the published script's per-epoch form)."""
+    base, epochs = scaled_lr(phase_cfg, world_size), phase_cfg.epochs
+    if phase_cfg.schedule == "published":
+        return published_schedule(base, epochs, steps_per_epoch, round(phase_cfg.warmup_epochs))
+    return lr_schedule(base, epochs * steps_per_epoch, round(phase_cfg.warmup_epochs * steps_per_epoch))
 
 
 def scaled_lr(phase_cfg: PhaseConfig, world_size: int) -> float:

@@ -13,7 +13,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from lpt.config import PhaseConfig
-from lpt.engine.step import Env, TrainingError, TrainStep, lr_schedule, scaled_lr
+from lpt.engine.step import Env, TrainingError, TrainStep, phase_schedule
 from lpt.methods import Method
 from lpt.utils import log
 
@@ -83,8 +83,7 @@ class PhaseTrainer:
                  on_epoch_end: Callable[[dict], None] | None = None, log_every: int = 10):
         params = method.prepare(model, phase)
         self.steps = len(stream)
-        lrs = lr_schedule(scaled_lr(phase_cfg, env.dist.world_size), phase_cfg.epochs * self.steps,
-                          round(phase_cfg.warmup_epochs * self.steps))
+        lrs = phase_schedule(phase_cfg, self.steps, env.dist.world_size)
         self.step = TrainStep(model, method, params, phase_cfg, lrs, env, desc)
         self.model, self.method, self.stream, self.cfg = model, method, stream, phase_cfg
         self.env, self.desc = env, desc

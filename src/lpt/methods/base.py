@@ -49,8 +49,9 @@ class Method(nn.Module):
 
     With dual sampling every iteration has a class-balanced batch (weight 1) and an
     instance-balanced batch (weight ``beta = eta * (E - e) / E``); in phase 2 each batch's term also
-    carries the key loss ``1 - mean_{j in topk} cos(q, k_j)``. Both batches go through one forward
-    pass: the ViT has no batch statistics, so this equals two passes.
+    carries the key loss ``1 - 0.5 * sum_{j in topk} cos(q, k_j)``, averaged over the batch: the
+    published script's ``-0.5 * reduced_sim`` plus a constant 1 (so at k = 2 it is ``1 - mean cos``).
+    Both batches go through one forward pass: the ViT has no batch statistics, so this equals two.
     """
 
     name: ClassVar[str] = ""
@@ -113,8 +114,8 @@ class Method(nn.Module):
         total = logits[0].new_zeros(())
         for name, lg, y, ks in zip(names, logits, labels.split(sizes), key_sims):
             term = self.losses[name](lg, y)
-            if ks is not None:
-                term = term + (1.0 - ks.mean())
+            if ks is not None:  # the published weighting: 0.5 per selected key, whatever k is
+                term = term + (1.0 - 0.5 * ks.sum(dim=1).mean())
             share = 1.0 if shares is None else shares[name]
             total = total + share * self.stream_weight(name, len(shares or names), epoch, epochs) * term
         return {"loss": total, "logits": out["logits"], "labels": labels}
