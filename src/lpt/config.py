@@ -210,6 +210,9 @@ def _validate_data(d: DataConfig) -> None:
     if not 0 <= d.holdout < 1:
         raise ConfigError(f"config key 'data.holdout' is {d.holdout}; expected a fraction in [0, 1) of each "
                           "class's training images to evaluate on (0: the source's evaluation split)")
+    if d.val_list and d.source not in ("list", "inat_json"):
+        raise ConfigError(f"config key 'data.val_list' is set but data.source is {d.source!r}; a validation "
+                          "list needs data.source=list or inat_json")
     if d.imbalance_ratio < 1:
         raise ConfigError(f"config key 'data.imbalance_ratio' is {d.imbalance_ratio}; expected 1 or more")
     if len(d.mean) != len(d.std):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -191,6 +192,15 @@ def build_datasets(cfg: DataConfig) -> DataSplits:
     counts = class_counts(train.targets, len(train.classes))
     _check_nonempty(counts, train.classes, sum(b.split == "train" for b in bad))
     return DataSplits(train=train, test=test, classes=train.classes, train_counts=counts, bad_images=bad)
+
+
+def build_val_dataset(cfg: DataConfig) -> ImageDataset | None:
+    """The validation split ``data.val_list`` (a list file or iNaturalist JSON, read as the source reads its
+    evaluation split) with evaluation transforms, or None without one. Never the test split."""
+    if not cfg.val_list:
+        return None
+    return get_source(cfg.source).test(dataclasses.replace(cfg, test_list=cfg.val_list),
+                                       build_transform(cfg, train=False))
 
 
 def build_test_dataset(cfg: DataConfig) -> ImageDataset:

@@ -3,7 +3,7 @@
 ================== =========================================================================
 ``config.yaml``    the resolved config (written first, with ``classes.json``)
 ``classes.json``   class names and training images per class (shot groups come from these)
-``metrics.jsonl``  one record per epoch and per phase evaluation, appended as training goes
+``metrics.jsonl``  one record per epoch, per validation (data.val_list) and per phase evaluation
 ``resume.safetensors`` the resumable state (trained tensors, optimizer, RNG, position), marked
                    ``finished`` once the run is done
 ``model.safetensors`` what was trained (prompts, keys, classifier; the backbone for full
@@ -12,6 +12,7 @@
 ``run.json``       method, backbone identity, per-phase summary (accuracy, size, speed), timings
 ``predictions.npz`` labels, predictions, top-5 and matched groups of the final evaluation
 ``train.log``, ``tensorboard/``, ``bad_images.txt`` (with ``data.skip_bad_images``)
+``best_val.safetensors`` while a phase runs with ``select: best_val``: its best validation epoch so far
 ``backbone.safetensors`` an imported official run's ViT (``model.checkpoint`` names it relatively)
 ================== =========================================================================
 
@@ -45,7 +46,7 @@ from lpt.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, 
 
 CONFIG, CLASSES, METRICS, METRICS_LOG = "config.yaml", "classes.json", "metrics.json", "metrics.jsonl"
 RUN_INFO, CHECKPOINT, RESUME = "run.json", "model.safetensors", "resume.safetensors"
-PREDICTIONS, BACKBONE = "predictions.npz", "backbone.safetensors"
+PREDICTIONS, BACKBONE, BEST_VAL = "predictions.npz", "backbone.safetensors", "best_val.safetensors"
 TRAIN_LOG, TENSORBOARD, BAD_IMAGES, LOCK = "train.log", "tensorboard", "bad_images.txt", ".lock"
 
 
@@ -284,6 +285,8 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[dict]]:
         if not line.strip():
             continue
         record = json.loads(line)
+        if "val" in record:  # a validation record (data.val_list) of that epoch, not the epoch's training record
+            continue
         if "epoch" in record:
             epochs.pop((record["phase"], record["epoch"]), None)  # re-insert: a repeated epoch moves to the end
             epochs[(record["phase"], record["epoch"])] = record

@@ -19,7 +19,8 @@ import torch
 
 from lpt.version import __version__
 from lpt.config import Config, ConfigError, to_dict
-from lpt.data import DataSplits, TrainStream, build_datasets, build_train_stream, build_transform, with_transform
+from lpt.data import (DataSplits, TrainStream, build_datasets, build_train_stream, build_transform, build_val_dataset,
+                      with_transform)
 from lpt.data.datasets import FeatureDataset
 from lpt.data.transforms import BatchNormalize
 from lpt.distributed import init_distributed
@@ -34,6 +35,7 @@ from lpt.model.lpt import GROUP_PROMPTS
 from lpt.model.state import load_strict
 from lpt.run import files
 from lpt.run.load import build_run_model, load_trained, shot_metrics
+from lpt.run.validation import Validation
 from lpt.utils import log, resolve_device, set_threads
 
 
@@ -81,6 +83,7 @@ class _Training:
     resumed: bool
     summary: dict[str, Any]
     metrics: dict | None
+    val: Any = None
     outputs: dict | None = None
 
     def save(self, index: int, phase_position: dict | None, **extra: Any) -> None:
@@ -129,7 +132,7 @@ def _set_up(cfg: Config, out_dir: Path, resume: bool, env: Env) -> _Training:
         model.compile_forwards()
     start = state[1] if state is not None else {"phase_index": 0, "phase": None, "summary": {}, "jsonl_lines": 0}
     return _Training(cfg, out_dir, env, splits, model, identity, start, resumed=state is not None,
-                     summary=dict(start["summary"]), metrics=start.get("metrics"))
+                     summary=dict(start["summary"]), metrics=start.get("metrics"), val=build_val_dataset(cfg.data))
 
 
 def _read_resume(out_dir: Path):
@@ -161,28 +164,34 @@ def _open_run_dir(run: _Training) -> tuple[logging.Handler, TensorBoardLog]:
 def _run_phases(run: _Training, stop: StopRequest, tensorboard: TensorBoardLog | None) -> None:
     """Train, in order, the phases the run has not finished (a resumed run skips those before its start)."""
     method = get_method(run.cfg.method)(run.cfg, run.splits.train_counts).to(run.env.device)
-
-    def record_epoch(record: dict) -> None:
-        files.append_record(run.out_dir, record)
-        tensorboard(record)
-
     for index, phase in enumerate(run.cfg.phases):
         if index >= run.start["phase_index"]:
-            _run_phase(run, method, index, phase, stop, record_epoch if run.env.dist.is_main else None)
+            _run_phase(run, method, index, phase, stop, tensorboard)
 
 
-def _run_phase(run: _Training, method: Method, index: int, phase: str, stop: StopRequest, on_epoch_end) -> None:
-    """One phase: train it (from the saved position where the run stopped inside it), evaluate, record its
-    summary, then save its checkpoint and a resumable state that starts at the next phase."""
-    cfg, model = run.cfg, run.model
+def _run_phase(run: _Training, method: Method, index: int, phase: str, stop: StopRequest,
+               tensorboard: TensorBoardLog | None) -> None:
+    """One phase: train it (from the saved position where the run stopped inside it; validating as it goes),
+    restore its best validation epoch with ``select: best_val``, evaluate, record its summary, then save its
+    checkpoint and a resumable state that starts at the next phase."""
+    cfg, model, env = run.cfg, run.model, run.env
     pcfg = getattr(cfg, phase)
+    validation = Validation(cfg, phase, model, run.val, run.splits.train_counts, run.out_dir, env.device, env.dist)
+
+    def on_epoch_end(record: dict) -> None:
+        if env.dist.is_main:
+            files.append_record(run.out_dir, record)
+            tensorboard(record)
+        validation.after_epoch(record["epoch"])
+
     cadence = Cadence(save=lambda pos: run.save(index, pos), every=cfg.checkpoint_every, should_stop=stop,
                       resume=run.start["phase"] if index == run.start["phase_index"] else None)
-    records = PhaseTrainer(model, method, phase, _phase_stream(run, method, pcfg), pcfg, run.env, desc=phase,
+    records = PhaseTrainer(model, method, phase, _phase_stream(run, method, pcfg), pcfg, env, desc=phase,
                            cadence=cadence, on_epoch_end=on_epoch_end).run()
-    run.metrics, run.outputs = shot_metrics(model, run.splits.test, run.splits.train_counts, cfg, run.env.device,
-                                            run.env.dist, f"eval {phase}")
-    run.summary[phase] = _phase_summary(model, run.metrics, records)
+    selected = validation.finish()
+    run.metrics, run.outputs = shot_metrics(model, run.splits.test, run.splits.train_counts, cfg, env.device,
+                                            env.dist, f"eval {phase}")
+    run.summary[phase] = _phase_summary(model, run.metrics, records) | ({"selected": selected} if selected else {})
     log.info("%s: overall %.2f, many %s, medium %s, few %s", phase, run.metrics["overall"],
              *(f"{run.metrics[g]:.2f}" if run.metrics[g] is not None else "-" for g in ("many", "medium", "few")))
     if run.env.dist.is_main:
@@ -191,6 +200,7 @@ def _run_phase(run: _Training, method: Method, index: int, phase: str, stop: Sto
                 "backbone": run.identity.to_dict(), "model": to_dict(cfg)["model"]}
         files.write_checkpoint(run.out_dir, model.trained_tensors(), meta)
     run.save(index + 1, None)
+    validation.cleanup()
 
 
 def _phase_stream(run: _Training, method: Method, pcfg) -> TrainStream:

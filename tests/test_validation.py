@@ -1,0 +1,85 @@
+"""A validation split during training (data.val_list) and the checkpoint it selects (select: best_val)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lpt
+from lpt.cli import main
+from lpt.config import ConfigError, load_config
+from lpt.model.state import read_tensors
+from lpt.run import validation
+from lpt.run.files import read_run
+from tests.conftest import TINY_MODEL, class_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def list_data(tmp_path_factory):
+    """PNG images and 'relative/path label' lists: 10 classes, long-tailed training split, 4 val and 6 test
+    images per class."""
+    root = tmp_path_factory.mktemp("listdata")
+    rng = np.random.default_rng(0)
+    for split, counts in (("train", [30, 24, 18, 14, 10, 8, 6, 5, 4, 3]), ("val", [4] * 10), ("test", [6] * 10)):
+        labels = np.repeat(np.arange(10), counts)
+        lines = []
+        for i, (image, label) in enumerate(zip(class_images(labels, rng), labels)):
+            (root / split).mkdir(exist_ok=True)
+            Image.fromarray(image).save(root / split / f"{i}.png")
+            lines.append(f"{split}/{i}.png {label}")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def overrides(root, *extra):
+    return ["data.source=list", "data.imbalance_ratio=1", "data.max_per_class=0", f"data.root={root}",
+            f"data.train_list={root / 'train.txt'}", f"data.test_list={root / 'test.txt'}",
+            f"data.val_list={root / 'val.txt'}", *TINY_MODEL,
+            "phases=[phase1]", "phase1.epochs=4", "phase1.batch_size=16", "phase1.lr=0.5", "eval_batch_size=40",
+            "data.num_workers=0", "progress=false", *extra]
+
+
+def test_validation_records_a_shot_table_every_val_every_epochs(list_data, tmp_path):
+    lpt.train(load_config("demo", overrides(list_data, "val_every=3")), tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in records if "val" in r]
+    assert [r["epoch"] for r in vals] == [3, 4]  # every third epoch, and the phase's last
+    assert all(r["val"]["num_images"] == 40 and set(r["val"]) >= {"overall", "many", "medium", "few"} for r in vals)
+    assert [r["epoch"] for r in records if "epoch" in r and "val" not in r] == [1, 2, 3, 4]
+    epochs = read_run(tmp_path / "run").epochs  # what reports plot: the training records, not the validations
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4] and all("loss" in r for r in epochs)
+
+
+def test_best_val_keeps_the_best_epoch_not_the_last(list_data, tmp_path, monkeypatch, capsys):
+    scripted, kept = iter([30.0, 70.0, 50.0, 60.0]), []
+    real = validation.shot_metrics
+
+    def scored(model, *args):  # the real evaluation, then a scripted accuracy: the best epoch is the second
+        metrics, out = real(model, *args)
+        kept.append({k: v.clone() for k, v in model.trained_tensors().items()})
+        return metrics | {"overall": next(scripted)}, out
+
+    monkeypatch.setattr(validation, "shot_metrics", scored)
+    out = tmp_path / "run"
+    lpt.train(load_config("demo", overrides(list_data, "select=best_val")), out)
+    saved, _ = read_tensors(out / "model.safetensors")
+    assert all(torch.equal(saved[k], kept[1][k]) for k in saved)
+    assert not all(torch.equal(saved[k], kept[3][k]) for k in saved)  # the last epoch differs
+    summary = json.loads((out / "run.json").read_text())["phases"]["phase1"]
+    assert summary["selected"] == {"epoch": 2, "overall": 70.0}
+    assert not (out / "best_val.safetensors").exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["eval", "--run", str(out), "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((out / "metrics.json").read_text())
+
+
+def test_best_val_needs_a_validation_split_never_the_test_list():
+    with pytest.raises(ConfigError, match="select.*best_val.*data.val_list.*never used"):
+        load_config("demo", ["select=best_val"])
+    with pytest.raises(ConfigError, match="data.val_list.*data.source=list"):
+        load_config("demo", ["data.val_list=val.txt"])
