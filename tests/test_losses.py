@@ -1,4 +1,4 @@
-"""A-GCL, GCL and CE against hand computations of the formulas in DESIGN.md."""
+"""A-GCL, GCL and CE against hand computations of the formulas in docs/method.md."""
 
 import math
 

@@ -30,6 +30,7 @@ TINY_VIT = [
     "model.split_block=1",  # K must be below the tiny ViT's 2 blocks
     "data.img_size=32", "data.test_resize=32", "data.num_workers=0",
     "phase1.epochs=1", "phase2.epochs=1", "eval_batch_size=512", "progress=false", "device=cpu",
+    "phase1.schedule=steps", "phase2.schedule=steps",  # the lr check below is the per-step warm-up's
 ]
 
 
@@ -83,6 +84,28 @@ def test_lpt_presets_carry_the_paper_settings(name):
     assert cfg.method == "lpt" and cfg.phases == ["phase1", "phase2"]
     for p in (cfg.phase1, cfg.phase2):
         assert (p.lr, p.momentum, p.warmup_epochs, p.sampling) == (0.02, 0.9, 1.0, "dual")
+
+
+PAPER_PRESETS = (*LPT_PRESETS, "linear_places_lt", "vpt_deep_places_lt", "full_places_lt")  # they stand for paper rows
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_paper_presets_use_the_published_layer_norm_and_schedule(name):
+    cfg = load_config(name)
+    assert cfg.model.layer_norm_eps == 1e-5  # the published model's nn.LayerNorm default, not timm's 1e-6
+    assert [getattr(cfg, p).schedule for p in cfg.phases] == ["published"] * len(cfg.phases)
+
+
+@pytest.mark.parametrize("name", ["demo", "folder"])
+def test_offline_presets_keep_timm_layer_norm_and_per_step_schedule(name):
+    cfg = load_config(name)  # the demo's numbers are pinned (test_pinned.py): its recipe must not move
+    assert (cfg.model.layer_norm_eps, cfg.phase1.schedule, cfg.phase2.schedule) == (0.0, "steps", "steps")
+
+
+@pytest.mark.parametrize("name", ["linear_places_lt", "vpt_deep_places_lt"])
+def test_table1_baselines_train_as_the_paper_states(name):
+    p = load_config(name).phase1  # Table 1: 20 epochs, lr 0.02, weight decay 1e-4
+    assert (p.epochs, p.lr, p.weight_decay, p.sampling) == (20, 0.02, 1e-4, "instance")
 
 
 def test_cifar100_lt_preset_is_ratio_100_of_500():

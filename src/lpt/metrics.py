@@ -37,8 +37,10 @@ def shot_accuracy(preds: Sequence[int], labels: Sequence[int], train_counts: Seq
     """Metrics record: ``overall`` (over images), ``many``/``medium``/``few`` (mean of per-class
     accuracies in each group under the standard rule), the same under ``official``, and ``per_class``.
 
-    Group accuracies are means over classes present in the evaluation set, as in the published
-    evaluation; a group with no such class is reported as None.
+    Group accuracies are means of per-class accuracies over the group's classes present in the evaluation
+    set; a group with no such class is reported as None. The published evaluation pools the group's images
+    instead (correct / images); the two are equal only when every class of the group has the same number of
+    test images, as on the balanced test sets of Places-LT, ImageNet-LT, iNaturalist 2018 and CIFAR-100-LT.
     """
     preds, labels = np.asarray(preds, dtype=np.int64), np.asarray(labels, dtype=np.int64)
     num_classes = len(train_counts)

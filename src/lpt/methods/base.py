@@ -23,7 +23,7 @@ REGISTRY: dict[str, type[Method]] = {}
 
 
 def stream_losses(cfg: Config, class_counts: list[int]) -> nn.ModuleDict:
-    """One loss per sampling stream; A-GCL's focusing differs between the two (DESIGN.md)."""
+    """One loss per sampling stream; A-GCL's focusing differs between the two (docs/method.md, dual sampling)."""
     lc = cfg.loss
     gammas = {
         "balanced": (lc.gamma_pos_balanced, lc.gamma_neg_balanced),
