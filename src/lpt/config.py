@@ -71,6 +71,8 @@ class ModelConfig:
     prompt_depth: str = "deep"  # deep (a prompt per block, keys/values only) | shallow (VPT-Shallow: tokens at input)
     query: str = "shared"  # phase-2 query function: shared (the phase-1 prompted ViT) | plain (the ViT alone)
     layer_norm_eps: float = 0.0  # > 0 overrides the backbone's LayerNorm eps (official LPT checkpoints: 1e-5)
+    peft: list[str] = field(default_factory=list)  # modules put into the blocks: bitfit ln lora ssf adapter adaptformer
+    peft_dim: int = 0  # bottleneck width / LoRA rank of model.peft; 0 = LIFT's rule, 2 ** int(log2(C / 2L))
 
 
 @dataclass
@@ -146,6 +148,7 @@ CHOICES = {
     "select": ("last", "best_val"),
 }
 PHASES = ("phase1", "phase2")
+PEFT = ("bitfit", "ln", "lora", "ssf", "adapter", "adaptformer")  # lpt.model.peft
 
 
 def test_resize_of(data: DataConfig) -> int:
@@ -186,6 +189,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'model.top_k' is {m.top_k}; expected at most model.pool_size ({m.pool_size})")
     if m.prompt_len < 0:
         raise ConfigError(f"config key 'model.prompt_len' is {m.prompt_len}; expected 0 or more")
+    unknown = [p for p in m.peft if p not in PEFT]
+    if unknown or len(set(m.peft)) != len(m.peft) or m.peft_dim < 0:
+        raise ConfigError(f"config key 'model.peft' is {m.peft!r} (peft_dim {m.peft_dim}); expected distinct names "
+                          f"from {', '.join(PEFT)} and model.peft_dim >= 0")
     if m.split_block < 0:
         raise ConfigError(f"config key 'model.split_block' is {m.split_block}; expected 0 or more")
     for name, value in m.backbone_args.items():

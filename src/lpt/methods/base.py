@@ -78,6 +78,9 @@ class Method(nn.Module):
                               f"{', '.join(cls.phases)}")
         if not cls.prompts and cfg.model.prompt_len != 0:
             raise ConfigError(f"method '{cls.name}' uses no prompts: set model.prompt_len=0")
+        if cls.features and cfg.model.peft:
+            raise ConfigError(f"method '{cls.name}' trains on features computed once: model.peft cannot train there; "
+                              "set model.peft=[]")
         if cfg.model.prompt_depth not in cls.prompt_depths:
             raise ConfigError(f"model.prompt_depth={cfg.model.prompt_depth} is not available with method "
                               f"'{cls.name}' (VPT-Shallow needs method=vpt)")

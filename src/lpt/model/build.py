@@ -26,7 +26,7 @@ def build_lpt(backbone: VisionTransformer, m: ModelConfig, num_classes: int, tra
     """LPT's prompts and classifier around a backbone already built (``build_model``, or an official checkpoint's)."""
     return LPT(backbone, num_classes, prompt_len=m.prompt_len, pool_size=m.pool_size, split_block=m.split_block,
                top_k=m.top_k, feature_dropout=m.feature_dropout, head=m.head, prompt_depth=m.prompt_depth,
-               query=m.query, train_backbone=train_backbone)
+               query=m.query, train_backbone=train_backbone, peft=m.peft, peft_dim=m.peft_dim)
 
 
 def check_fits(m: ModelConfig, img_size: int) -> None:

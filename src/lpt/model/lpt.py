@@ -16,8 +16,10 @@ from timm.models.vision_transformer import VisionTransformer
 
 from lpt.model.heads import HEADS
 from lpt.model.prompted_vit import (
-    PromptKV, block_forward, deep_prompt_blocks, embed, pooled_feature, prompt_kv, shallow_prompt_forward,
+    PromptKV, block_forward, deep_prompt_blocks, embed, plain_blocks, pooled_feature, prompt_kv,
+    shallow_prompt_forward,
 )
+from lpt.model.peft import add_peft, bottleneck_dim
 
 
 def _trunc_normal(*shape: int) -> nn.Parameter:
@@ -78,6 +80,9 @@ class LPT(nn.Module):
         prompt_depth: ``deep`` (a prompt per block, keys/values only) or ``shallow`` (VPT-Shallow).
         query: phase-2 query function, ``shared`` (phase-1 prompted ViT) or ``plain`` (the ViT alone).
         train_backbone: full fine-tuning: the backbone trains too.
+        peft: parameter-efficient modules put into the backbone's blocks (``lpt.model.peft``); they train in
+            every phase, beside the prompts and the classifier.
+        peft_dim: their bottleneck / LoRA rank; 0: LIFT's rule from C and the depth.
     """
 
     def __init__(
@@ -93,6 +98,8 @@ class LPT(nn.Module):
         prompt_depth: str = "deep",
         query: str = "shared",
         train_backbone: bool = False,
+        peft: list[str] | None = None,
+        peft_dim: int = 0,
     ):
         super().__init__()
         depth, dim = len(backbone.blocks), backbone.embed_dim
@@ -101,6 +108,9 @@ class LPT(nn.Module):
         if head not in HEADS or prompt_depth not in ("deep", "shallow") or query not in ("shared", "plain"):
             raise ValueError(f"unknown option: head={head!r}, prompt_depth={prompt_depth!r}, query={query!r}")
         self.backbone = backbone.requires_grad_(False)
+        self.peft = list(peft or [])
+        self.tuned = set(add_peft(backbone, self.peft, peft_dim or bottleneck_dim(num_classes, depth)))
+        backbone.requires_grad_(False)
         self.split_block = split_block
         self.shallow = prompt_depth == "shallow"
         self.plain_query = query == "plain"
@@ -129,10 +139,15 @@ class LPT(nn.Module):
         self.pool.requires_grad_(phase == 2)
         self.head.requires_grad_(True)
         self.backbone.requires_grad_(self.train_backbone)
+        for name, param in self.backbone.named_parameters():
+            if name in self.tuned:
+                param.requires_grad_(True)
 
     def trained_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything lpt trains, by state-dict name: the backbone only when it trains."""
-        return {k: v for k, v in self.state_dict().items() if self.train_backbone or not k.startswith("backbone.")}
+        """Everything lpt trains, by state-dict name: of the backbone, all of it when it trains, else its PEFT
+        tensors."""
+        return {k: v for k, v in self.state_dict().items()
+                if self.train_backbone or not k.startswith("backbone.") or k[len("backbone."):] in self.tuned}
 
     def _shared_pass(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens after block K and after all L blocks, with the (deep) shared prompt."""
@@ -150,7 +165,7 @@ class LPT(nn.Module):
     def query(self, images: torch.Tensor) -> torch.Tensor:
         """Phase-2 query ``[B, D]``: the phase-1 feature, or the plain ViT's feature with ``query='plain'``."""
         if self.plain_query:
-            return pooled_feature(self.backbone, self.backbone.blocks(embed(self.backbone, images)))
+            return pooled_feature(self.backbone, plain_blocks(self.backbone, embed(self.backbone, images)))
         return self.phase1_feature(images)
 
     def _group_pass(self, h_k: torch.Tensor, group_prompts: torch.Tensor, shared_kv: list[PromptKV]) -> torch.Tensor:

@@ -62,7 +62,16 @@ def block_forward(block: Block, x: torch.Tensor, *kvs: PromptKV) -> torch.Tensor
         o = o * gate(h).sigmoid()
     o = attn.proj_drop(attn.proj(o))
     x = x + block.drop_path1(block.ls1(o))
-    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    y = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    parallel = getattr(block, "adaptformer", None)  # lpt.model.peft: a branch beside the MLP, on its input
+    return y if parallel is None else y + parallel(x)
+
+
+def plain_blocks(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """Every block without prompts (timm's ``vit.blocks(x)`` for a plain ViT; with lpt.model.peft modules too)."""
+    for block in vit.blocks:
+        x = block_forward(block, x)
+    return x
 
 
 def pooled_feature(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +102,6 @@ def shallow_prompt_forward(vit: VisionTransformer, images: torch.Tensor, prompt:
     x = embed(vit, images)
     npt = vit.num_prefix_tokens
     x = torch.cat([x[:, :npt], prompt[None].expand(x.shape[0], -1, -1), x[:, npt:]], dim=1)
-    x = vit.blocks(x)
+    x = plain_blocks(vit, x)
     x = torch.cat([x[:, :npt], x[:, npt + prompt.shape[0]:]], dim=1)
     return pooled_feature(vit, x)

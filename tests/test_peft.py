@@ -1,0 +1,167 @@
+"""PEFT modules (lpt.model.peft) against independent references: merged LoRA weights, hand-written block
+forwards, SSF's affine formula, identity at initialisation, and gradients only where they should go."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+
+import lpt
+from lpt.config import ConfigError, load_config
+from lpt.methods import check_config
+from lpt.model import LPT
+from lpt.model.peft import add_peft, bottleneck_dim
+from lpt.model.prompted_vit import block_forward, deep_prompt_blocks, embed, plain_blocks, pooled_feature
+from lpt.run.load import evaluate_run
+from tests.conftest import tiny_run_overrides
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+D = 32
+
+
+def tiny_vit(seed=0):
+    torch.manual_seed(seed)
+    vit = VisionTransformer(img_size=16, patch_size=4, embed_dim=D, depth=3, num_heads=2, num_classes=0)
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return vit.eval()
+
+
+def perturb(module):
+    """Move every PEFT tensor off its initial value (zero up-projections and LoRA B would hide bugs)."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if any(k in name for k in ("lora_", "ssf", "adapter", "adaptformer")):
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def test_lora_equals_the_block_with_merged_weights_and_prompts_see_it():
+    vit, reference = tiny_vit(), tiny_vit()
+    add_peft(vit, ["lora"], 4)
+    perturb(vit)
+    for block, ref in zip(vit.blocks, reference.blocks):
+        qkv = block.attn.qkv
+        delta = torch.zeros_like(ref.attn.qkv.weight)
+        delta[:D] = (qkv.lora_a[0] @ qkv.lora_b[0]).t() / 4  # q rows: W + (1 / rank) (A B)^T
+        delta[2 * D:] = (qkv.lora_a[1] @ qkv.lora_b[1]).t() / 4  # v rows; k rows unchanged
+        with torch.no_grad():
+            ref.attn.qkv.weight += delta
+    x = embed(reference, torch.randn(2, 3, 16, 16))
+    torch.testing.assert_close(plain_blocks(vit, x), reference.blocks(x), atol=1e-5, rtol=1e-5)
+    prompts = torch.randn(3, 5, D)
+    concatenated = x
+    for i, block in enumerate(reference.blocks):  # prompts as ordinary tokens through timm's merged blocks
+        concatenated = block(torch.cat([concatenated, prompts[i][None].expand(2, -1, -1)], dim=1))[:, :x.shape[1]]
+    torch.testing.assert_close(deep_prompt_blocks(vit, x, prompts), concatenated, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["adapter", "adaptformer"])
+def test_bottleneck_adapters_equal_a_hand_written_block(kind):
+    vit = tiny_vit()
+    add_peft(vit, [kind], 4)
+    perturb(vit)
+    block = vit.blocks[0]
+    x = torch.randn(2, 17, D)
+
+    def bottleneck(m, t):
+        out = F.linear(F.relu(F.linear(F.layer_norm(t, (D,), m.ln.weight, m.ln.bias, m.ln.eps), m.down.weight,
+                                       m.down.bias)), m.up.weight, m.up.bias)
+        return out * m.scale if m.scale is not None else out
+
+    with torch.no_grad():
+        attn = block.attn
+        qkv = F.linear(block.norm1(x), attn.qkv.weight, attn.qkv.bias)
+        qkv = qkv.reshape(2, 17, 3, 2, D // 2).permute(2, 0, 3, 1, 4)
+        weights = (qkv[0] @ qkv[1].transpose(-2, -1) / (D // 2) ** 0.5).softmax(-1)
+        h = x + attn.proj((weights @ qkv[2]).transpose(1, 2).reshape(2, 17, D))
+        if kind == "adapter":  # sequential, on the MLP's output
+            mlp = block.mlp.mlp
+            m = mlp(block.norm2(h))
+            expected = h + m + bottleneck(block.mlp.adapter, m)
+        else:  # parallel to the MLP, on the block's residual input, times a learned scale
+            expected = h + block.mlp(block.norm2(h)) + bottleneck(block.adaptformer, h)
+        torch.testing.assert_close(block_forward(block, x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ssf_is_its_affine_formula_on_linear_and_norm_layers():
+    vit, reference = tiny_vit(), tiny_vit()
+    add_peft(vit, ["ssf"], 4)
+    block, ref = vit.blocks[1], reference.blocks[1]
+    x = torch.randn(2, 17, D)
+    for tuned, base in ((block.attn.qkv, ref.attn.qkv), (block.attn.proj, ref.attn.proj), (block.mlp.fc1, ref.mlp.fc1),
+                        (block.mlp.fc2, ref.mlp.fc2), (block.norm1, ref.norm1), (block.norm2, ref.norm2)):
+        t = x if tuned is not block.mlp.fc2 else torch.randn(2, 17, 4 * D)
+        expected = base(t) * tuned.ssf.scale + tuned.ssf.shift
+        torch.testing.assert_close(tuned(t), expected, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(block.attn.qkv.ssf.scale, torch.ones(3 * D))  # LIFT's N(1, 0.02) start
+
+
+def test_every_module_at_identity_gives_the_frozen_backbones_features_exactly():
+    vit, reference = tiny_vit(), tiny_vit()
+    add_peft(vit, ["bitfit", "ln", "lora", "ssf", "adapter", "adaptformer"], 4)
+    with torch.no_grad():
+        for name, p in vit.named_parameters():
+            if name.endswith("ssf.scale"):
+                p.fill_(1.0)
+            elif name.endswith("ssf.shift"):
+                p.zero_()
+    images = torch.randn(2, 3, 16, 16)
+    ours = pooled_feature(vit, plain_blocks(vit, embed(vit, images)))
+    assert torch.equal(ours, pooled_feature(reference, plain_blocks(reference, embed(reference, images))))
+
+
+def test_lift_bottleneck_rule():
+    assert [bottleneck_dim(c, 12) for c in (10, 100, 365, 1000, 8142)] == [1, 4, 8, 32, 256]
+
+
+@pytest.mark.parametrize("peft, trained", [
+    (["lora"], {"lora_a", "lora_b"}),
+    (["adaptformer"], {"adaptformer"}),
+    (["bitfit"], {"bias"}),
+    (["ln"], {"norm1", "norm2"}),
+])
+def test_gradients_reach_only_the_chosen_module_prompts_and_head(peft, trained):
+    model = LPT(tiny_vit(), num_classes=5, prompt_len=2, pool_size=4, split_block=1, top_k=2, peft=peft, peft_dim=4)
+    model.set_phase(1)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = model(torch.randn(4, 3, 16, 16)).logsumexp(1).sum()
+    loss.backward()
+    with torch.no_grad():
+        for p in params:
+            p -= p.grad if p.grad is not None else 0
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    backbone = {k for k in changed if k.startswith("backbone.")}
+    assert changed - backbone == {"shared_prompt", "head.weight"}
+    assert backbone and all(any(t in k.split(".") or k.endswith(t) for t in trained) for k in backbone)
+    assert set(model.trained_tensors()) - {k for k in model.state_dict() if not k.startswith("backbone.")} \
+        == {"backbone." + n for n in model.tuned}
+
+
+def test_peft_settings_are_checked_before_any_data_loads():
+    with pytest.raises(ConfigError, match="model.peft.*lorax"):
+        load_config("demo", ["model.peft=[lorax]"])
+    with pytest.raises(ConfigError, match="method 'peft' trains the modules of model.peft"):
+        check_config(load_config("demo", ["method=peft", "phases=[phase1]", "model.prompt_len=0"]))
+    with pytest.raises(ConfigError, match="features computed once: model.peft cannot train there"):
+        check_config(load_config("demo", ["method=linear", "phases=[phase1]", "model.prompt_len=0",
+                                          "model.peft=[lora]"]))
+
+
+def test_a_peft_run_trains_its_modules_and_reloads_them(tiny_fmnist, tmp_path):
+    overrides = [*tiny_run_overrides(tiny_fmnist), "method=peft", "phases=[phase1]", "model.prompt_len=0",
+                 "model.peft=[lora, adaptformer]", "model.peft_dim=2"]
+    cfg = load_config("demo", overrides)
+    metrics = lpt.train(cfg, tmp_path / "run")
+    assert evaluate_run(tmp_path / "run", device="cpu") == metrics
+    reloaded = lpt.load_run(tmp_path / "run").model
+    tuned = {k: v for k, v in reloaded.trained_tensors().items() if k.startswith("backbone.")}
+    assert tuned and all("lora_" in k or "adaptformer" in k for k in tuned)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in tuned.items() if "lora_b" in k)  # it trained
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["method"] == "peft"
