@@ -165,3 +165,23 @@ def test_a_peft_run_trains_its_modules_and_reloads_them(tiny_fmnist, tmp_path):
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in tuned.items() if "lora_b" in k)  # it trained
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["method"] == "peft"
+    # 3 blocks of width 32, rank / bottleneck 2: LoRA 2 x (32 x 2 + 2 x 32) a block; AdaptFormer LayerNorm 64,
+    # down 32 x 2 + 2, up 2 x 32 + 32, scale 1 a block; cosine head 10 x 32
+    assert run["phases"]["phase1"]["trainable_by_part"] == {"lora": 3 * 256, "adaptformer": 3 * 227, "head": 320}
+
+
+def test_class_mean_head_init_is_each_class_mean_training_feature_normalised(tiny_fmnist, tmp_path):
+    from lpt.data import build_datasets, build_transform, with_transform
+    from lpt.evaluation import evaluate, source_features
+    from lpt.run.load import build_run_model
+
+    cfg = load_config("demo", [*tiny_run_overrides(tiny_fmnist), "model.head_init=class_mean", "phases=[phase1]",
+                               "phase1.epochs=1", "phase1.lr=1e-12", "model.feature_dropout=0"])
+    lpt.train(cfg, tmp_path / "run")
+    head = lpt.load_run(tmp_path / "run").model.head.weight
+    model, _ = build_run_model(cfg, 10)
+    train = build_datasets(cfg.data).train
+    out = evaluate(model, with_transform(train, build_transform(cfg.data, train=False)),
+                   source_features(model, ["plain"]), device=torch.device("cpu"), progress=False)
+    expected = torch.stack([torch.from_numpy(out["plain"][out["labels"] == c].mean(0)) for c in range(10)])
+    torch.testing.assert_close(head, F.normalize(expected, dim=1), atol=1e-6, rtol=1e-5)

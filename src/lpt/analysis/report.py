@@ -117,6 +117,16 @@ def _phase_section(run: RunFiles) -> list[Block]:
     ]
 
 
+def _by_part(info: dict, backbone: int | None) -> str:
+    """``shared_prompt 13,440 (0.50%), head 1,930 (0.07%)``: a phase's trainable parameters per part (run.json)."""
+    phases = info.get("phases") or {}
+    parts = phases[list(phases)[-1]].get("trainable_by_part") if phases else None
+    if not parts:
+        return "-"
+    share = (lambda n: f" ({100.0 * n / backbone:.2f}%)") if backbone else (lambda n: "")
+    return ", ".join(f"{part} {n:,}{share(n)}" for part, n in parts.items())
+
+
 def _run_section(run: RunFiles) -> list[Block]:
     info, bb = run.info, run.info.get("backbone") or {}
     backbone = info.get("backbone_params")
@@ -128,6 +138,7 @@ def _run_section(run: RunFiles) -> list[Block]:
         ("backbone parameters", _int(backbone)),
         ("trained parameters (all phases)", _int(total) + (f" ({100.0 * total / backbone:.2f}% of the backbone)"
                                                            if total is not None and backbone else "")),
+        ("trained in the last phase, by part", _by_part(info, backbone)),
         ("device", f"{info.get('device', '-')} x {info.get('world_size', 1)}"),
         ("wall time", f"{info['wall_seconds']:.1f} s" if "wall_seconds" in info else "-"),
         ("lpt version", str(info.get("lpt_version", "-"))),

@@ -149,6 +149,19 @@ class LPT(nn.Module):
         return {k: v for k, v in self.state_dict().items()
                 if self.train_backbone or not k.startswith("backbone.") or k[len("backbone."):] in self.tuned}
 
+    def trainable_by_part(self) -> dict[str, int]:
+        """Parameters that train now, by part: prompts, group pool, classifier, the backbone (full fine-tuning)
+        or each PEFT module (``bitfit/ln``: the existing biases and LayerNorms they train)."""
+        parts: dict[str, int] = {}
+        for name, p in self.named_parameters():
+            if p.requires_grad and p.numel():
+                part = name.split(".")[0]
+                if part == "backbone" and not self.train_backbone:
+                    kinds = [k for k in ("lora", "ssf", "adaptformer", "adapter") if k in name]
+                    part = kinds[0] if kinds else "bitfit/ln"
+                parts[part] = parts.get(part, 0) + p.numel()
+        return parts
+
     def _shared_pass(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens after block K and after all L blocks, with the (deep) shared prompt."""
         k = self.split_block
