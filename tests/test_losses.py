@@ -241,6 +241,22 @@ def test_focal_at_gamma_two_is_the_hand_formula():
     assert got == pytest.approx(hand_focal(scaled(rows3, 5.0), t3, 2.0, CB_WEIGHTS), rel=1e-6)
 
 
+def test_focal_factor_carries_gradient():
+    """As in the paper (and LIFT), (1 - p_y)^gamma is differentiated too: detaching it changes the gradient."""
+    grads = []
+    for detach in (False, True):
+        z = torch.tensor(scaled(LOGITS4, 5.0), requires_grad=True)
+        t = torch.tensor(TARGETS4)
+        log_p = torch.log_softmax(z, 1).gather(1, t[:, None]).squeeze(1)
+        factor = (1 - log_p.exp()).pow(2.0)
+        (-(factor.detach() if detach else factor) * log_p).mean().backward()
+        grads.append(z.grad)
+    logits = torch.tensor(LOGITS4, requires_grad=True)
+    FocalLoss(COUNTS4, 5.0, gamma=2.0)(logits, torch.tensor(TARGETS4)).backward()
+    torch.testing.assert_close(logits.grad, 5.0 * grads[0])
+    assert not torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
+
+
 def hand_smoothed_ce(rows, targets, eps):
     """mean_i -sum_j y_ij log p_ij with y = 1 - eps + eps/C at the label, eps/C elsewhere."""
     total = 0.0
@@ -307,22 +323,22 @@ def test_stream_losses_build_the_long_tail_losses_from_the_config():
     assert Config().loss.name == "agcl" and type(built()) is AGCL
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["loss.tau=-1"], "loss.tau"),
-    (["loss.max_margin=-0.5"], "loss.max_margin"),
-    (["loss.drw_epoch=-1"], "loss.drw_epoch"),
-    (["loss.focal_gamma=-2"], "loss.focal_gamma"),
-    (["loss.cb_beta=1"], "loss.cb_beta"),
-    (["loss.cb_beta=-0.1"], "loss.cb_beta"),
-    (["loss.cb_beta=0.99"], "loss.cb_beta"),  # agcl: would be ignored
-    (["loss.name=ldam", "loss.cb_beta=0.99"], "loss.cb_beta"),
-    (["loss.name=la", "loss.drw_epoch=3"], "loss.drw_epoch"),
+@pytest.mark.parametrize("overrides, key, expected", [
+    (["loss.name=la", "loss.tau=-1"], "loss.tau", "0 or more"),
+    (["loss.name=ldam", "loss.max_margin=-0.5"], "loss.max_margin", "0 or more"),
+    (["loss.name=ldam", "loss.drw_epoch=-1"], "loss.drw_epoch", "0 or more"),
+    (["loss.name=focal", "loss.focal_gamma=-2"], "loss.focal_gamma", "0 or more"),
+    (["loss.name=ce", "loss.cb_beta=1"], "loss.cb_beta", "[0, 1)"),
+    (["loss.name=ce", "loss.cb_beta=-0.1"], "loss.cb_beta", "[0, 1)"),
+    (["loss.cb_beta=0.99"], "loss.cb_beta", "not 'agcl'"),  # would be ignored
+    (["loss.name=ldam", "loss.cb_beta=0.99"], "loss.cb_beta", "not 'ldam'"),
+    (["loss.name=la", "loss.drw_epoch=3"], "loss.drw_epoch", "not 'la'"),
 ])
-def test_bad_long_tail_loss_values_are_one_line_errors_naming_the_key(overrides, key):
+def test_bad_long_tail_loss_values_are_one_line_errors_naming_the_key(overrides, key, expected):
     with pytest.raises(ConfigError) as info:
         from_dict(apply_overrides({}, overrides))
     msg = str(info.value)
-    assert f"'{key}'" in msg and "\n" not in msg
+    assert msg.startswith(f"config key '{key}' is ") and expected in msg and "\n" not in msg
 
 
 def test_long_tail_loss_values_in_range_are_accepted():
