@@ -87,9 +87,9 @@ class LossConfig:
     gamma_pos_instance: float = 0.5  # A-GCL focusing on the true class, instance-balanced batch
     gamma_neg_instance: float = 8.0  # A-GCL focusing on the other classes, instance-balanced batch
     eta: float = 0.5  # instance-batch weight beta = eta * (E - e) / E
-    tau: float = 1.0  # la: logits + tau * log(n_j / sum n); 0 = plain CE (LIFT's default: 1)
-    max_margin: float = 0.5  # ldam: the rarest class's margin; margins ~ n_j^(-1/4) (LDAM and LIFT: 0.5)
-    drw_epoch: int = 0  # ldam: from this epoch of each phase (from 0) weight classes as cb_beta=0.9999; 0 = never
+    tau: float = 1.0  # la: CE(scale * logits + tau * log(n_j / sum n)); 0 = plain CE (LIFT's default: 1)
+    max_margin: float = 0.5  # ldam: the rarest class's margin; margins ~ n_j^(-1/4), times scale (LDAM, LIFT: 0.5)
+    drw_epoch: int = 0  # ldam: from this epoch of each phase (from 0) class-balanced weights, beta 0.9999; 0 = never
     cb_beta: float = 0.0  # ce / la / focal: class-balanced weights (1-beta) / (1-beta^n_j); 0 = off (Cui, LIFT: 0.9999)
     focal_gamma: float = 2.0  # focal: each image's CE times (1 - p_y)^gamma; 0 = CE (LIFT's default: 2)
 
