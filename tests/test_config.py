@@ -163,9 +163,9 @@ def test_wrong_type_names_the_key(override, key, expected):
 
 
 def test_invalid_choice_lists_choices():
-    msg = config_error(["loss.name=focal"])
-    assert "loss.name" in msg and "focal" in msg
-    for choice in ("agcl", "gcl", "ce"):
+    msg = config_error(["loss.name=lade"])
+    assert "loss.name" in msg and "lade" in msg
+    for choice in ("agcl", "gcl", "ce", "la", "bs", "ldam", "focal"):
         assert choice in msg
 
 

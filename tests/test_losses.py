@@ -1,11 +1,23 @@
-"""A-GCL, GCL and CE against hand computations of the formulas in docs/method.md."""
+"""The losses against hand computations of the formulas in docs/method.md: A-GCL, GCL, CE and the long-tail
+losses (logit adjustment, balanced softmax, LDAM-DRW, class-balanced weights, focal)."""
 
 import math
 
 import pytest
 import torch
 
-from lpt.losses import AGCL, GCL, CosineCE
+from lpt.config import Config, ConfigError, apply_overrides, from_dict
+from lpt.losses import (
+    AGCL,
+    GCL,
+    LDAM,
+    BalancedSoftmax,
+    CosineCE,
+    FocalLoss,
+    LogitAdjusted,
+    class_balanced_weights,
+)
+from lpt.methods import Method, stream_losses
 
 COUNTS = [100, 10, 1]
 COSINE = [[0.5, 0.2, -0.1], [0.1, 0.3, 0.4]]
@@ -111,3 +123,226 @@ def test_cosine_ce_matches_torch():
 def test_bad_counts_are_refused():
     with pytest.raises(ValueError, match="class_counts"):
         AGCL([10, 0, 3])
+
+
+# ----------------------------------------------------------------------------- long-tail losses
+
+# n^(-1/4) = 1/2, 1/3, 1, 1/4: LDAM's margins at max_margin 0.5 are 0.25, 1/6, 0.5, 0.125
+COUNTS4 = [16, 81, 1, 256]
+LOGITS4 = [[0.5, 0.2, -0.1, 0.3], [0.1, 0.3, 0.4, -0.2], [-0.3, 0.0, 0.2, 0.6]]
+TARGETS4 = [0, 2, 3]
+MARGINS4 = [0.25, 1 / 6, 0.5, 0.125]
+
+
+def hand_ce(rows, targets, offsets=None, weights=None):
+    """mean_i w_{y_i} * (log sum_j exp z_ij - z_{i y_i}) with z = row + offsets, written with math only."""
+    total = 0.0
+    for row, t in zip(rows, targets):
+        z = [x + (offsets[j] if offsets else 0.0) for j, x in enumerate(row)]
+        total += (weights[t] if weights else 1.0) * (math.log(sum(math.exp(x) for x in z)) - z[t])
+    return total / len(rows)
+
+
+def scaled(rows, scale=20.0):
+    return [[scale * x for x in row] for row in rows]
+
+
+def log_prior(counts):
+    return [math.log(n / sum(counts)) for n in counts]
+
+
+def call(loss, rows=LOGITS4, targets=TARGETS4):
+    return loss(torch.tensor(rows), torch.tensor(targets)).item()
+
+
+def test_logit_adjustment_at_tau_zero_is_cross_entropy():
+    la = LogitAdjusted(COUNTS4, scale=20.0, tau=0.0)
+    assert call(la) == pytest.approx(hand_ce(scaled(LOGITS4), TARGETS4), rel=1e-6)
+    assert call(la) == pytest.approx(call(CosineCE(20.0, 0.0)), rel=1e-6)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_logit_adjustment_adds_tau_log_prior(tau):
+    offsets = [tau * v for v in log_prior(COUNTS4)]  # tau * log(n_j / 354)
+    got = call(LogitAdjusted(COUNTS4, scale=20.0, tau=tau))
+    assert got == pytest.approx(hand_ce(scaled(LOGITS4), TARGETS4, offsets), rel=1e-6)
+    assert got != pytest.approx(hand_ce(scaled(LOGITS4), TARGETS4), rel=1e-3)  # the prior matters here
+
+
+def test_balanced_softmax_is_ce_on_logits_plus_log_prior_and_la_at_tau_one():
+    bs = call(BalancedSoftmax(COUNTS4, scale=20.0))
+    assert bs == pytest.approx(hand_ce(scaled(LOGITS4), TARGETS4, log_prior(COUNTS4)), rel=1e-6)
+    assert bs == call(LogitAdjusted(COUNTS4, scale=20.0, tau=1.0))
+
+
+def test_ldam_margins_follow_n_to_the_minus_quarter():
+    assert LDAM(COUNTS4, max_margin=0.5).margins.tolist() == pytest.approx(MARGINS4, rel=1e-6)
+    assert LDAM(COUNTS4, max_margin=0.2).margins.tolist() == pytest.approx([0.1, 0.2 / 3, 0.2, 0.05], rel=1e-6)
+
+
+def ldam_rows(scale):
+    """scale * (s - m_y at the label), the margins m = MARGINS4."""
+    return [[scale * (x - (MARGINS4[t] if j == t else 0.0)) for j, x in enumerate(row)]
+            for row, t in zip(LOGITS4, TARGETS4)]
+
+
+def test_ldam_is_ce_on_margin_subtracted_scaled_logits():
+    assert call(LDAM(COUNTS4, scale=30.0)) == pytest.approx(hand_ce(ldam_rows(30.0), TARGETS4), rel=1e-6)
+
+
+def test_class_balanced_weights_are_the_normalised_inverse_effective_number():
+    # beta 0.5, n = 1, 2, 3: (1 - beta) / (1 - beta^n) = 1, 2/3, 4/7 (sum 47/21); times 3 / sum
+    assert class_balanced_weights([1, 2, 3], 0.5).tolist() == pytest.approx([63 / 47, 42 / 47, 36 / 47], rel=1e-6)
+    assert class_balanced_weights([1, 2, 3], 0.0).tolist() == [1.0, 1.0, 1.0]
+    assert CosineCE(20.0, 0.0, [1, 2, 3], cb_beta=0.0).weights is None
+
+
+CB_WEIGHTS = [63 / 47, 42 / 47, 36 / 47]  # beta 0.5 on counts [1, 2, 3], as above
+
+
+def test_class_balanced_weights_multiply_each_images_term():
+    rows, t = COSINE + [[0.0, 0.3, 0.1]], TARGETS + [1]  # classes 0, 2, 1
+    want = hand_ce(scaled(rows), t, weights=CB_WEIGHTS)
+    assert call(CosineCE(20.0, 0.0, [1, 2, 3], cb_beta=0.5), rows, t) == pytest.approx(want, rel=1e-6)
+    offsets = [0.5 * math.log(n / 6) for n in (1, 2, 3)]
+    got = call(LogitAdjusted([1, 2, 3], 20.0, tau=0.5, cb_beta=0.5), rows, t)
+    assert got == pytest.approx(hand_ce(scaled(rows), t, offsets, CB_WEIGHTS), rel=1e-6)
+
+
+def test_weighted_batch_mean_adds_up_over_micro_batches():
+    """The plain mean of weighted terms: halves (each weighted 1/2 as the method's shares do) add up to the whole,
+    which PyTorch's weighted mean (divided by the batch's sum of weights) would not, with these unequal weights."""
+    loss = CosineCE(20.0, 0.0, [1, 2, 3], cb_beta=0.5)
+    rows, t = COSINE + [[0.0, 0.3, 0.1], [0.2, 0.2, 0.2]], TARGETS + [1, 1]
+    halves = 0.5 * call(loss, rows[:2], t[:2]) + 0.5 * call(loss, rows[2:], t[2:])
+    assert call(loss, rows, t) == pytest.approx(halves, rel=1e-6)
+
+
+def hand_focal(rows, targets, gamma, weights=None):
+    """mean_i w_{y_i} * -(1 - p_iy)^gamma * log p_iy, p = softmax(row), with math only."""
+    total = 0.0
+    for row, t in zip(rows, targets):
+        p = math.exp(row[t]) / sum(math.exp(x) for x in row)
+        total -= (weights[t] if weights else 1.0) * (1 - p) ** gamma * math.log(p)
+    return total / len(rows)
+
+
+def test_focal_at_gamma_zero_is_cross_entropy():
+    assert call(FocalLoss(COUNTS4, 20.0, gamma=0.0)) == pytest.approx(hand_ce(scaled(LOGITS4), TARGETS4), rel=1e-6)
+
+
+def test_focal_at_gamma_two_is_the_hand_formula():
+    rows = scaled(LOGITS4, 5.0)  # a small scale keeps p_y away from 1, so the factor matters
+    got = call(FocalLoss(COUNTS4, 5.0, gamma=2.0))
+    assert got == pytest.approx(hand_focal(rows, TARGETS4, 2.0), rel=1e-6)
+    assert got < 0.9 * hand_ce(rows, TARGETS4)
+    rows3, t3 = COSINE + [[0.0, 0.3, 0.1]], TARGETS + [1]
+    got = call(FocalLoss([1, 2, 3], 5.0, gamma=2.0, cb_beta=0.5), rows3, t3)
+    assert got == pytest.approx(hand_focal(scaled(rows3, 5.0), t3, 2.0, CB_WEIGHTS), rel=1e-6)
+
+
+def test_focal_factor_carries_gradient():
+    """As in the paper (and LIFT), (1 - p_y)^gamma is differentiated too: detaching it changes the gradient."""
+    grads = []
+    for detach in (False, True):
+        z = torch.tensor(scaled(LOGITS4, 5.0), requires_grad=True)
+        t = torch.tensor(TARGETS4)
+        log_p = torch.log_softmax(z, 1).gather(1, t[:, None]).squeeze(1)
+        factor = (1 - log_p.exp()).pow(2.0)
+        (-(factor.detach() if detach else factor) * log_p).mean().backward()
+        grads.append(z.grad)
+    logits = torch.tensor(LOGITS4, requires_grad=True)
+    FocalLoss(COUNTS4, 5.0, gamma=2.0)(logits, torch.tensor(TARGETS4)).backward()
+    torch.testing.assert_close(logits.grad, 5.0 * grads[0])
+    assert not torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
+
+
+def hand_smoothed_ce(rows, targets, eps):
+    """mean_i -sum_j y_ij log p_ij with y = 1 - eps + eps/C at the label, eps/C elsewhere."""
+    total = 0.0
+    for row, t in zip(rows, targets):
+        lse = math.log(sum(math.exp(x) for x in row))
+        total -= sum(((1 - eps) * (j == t) + eps / len(row)) * (x - lse) for j, x in enumerate(row))
+    return total / len(rows)
+
+
+def test_label_smoothing_applies_to_the_ce_based_losses():
+    prior = [[20 * x + o for x, o in zip(row, log_prior(COUNTS4))] for row in LOGITS4]
+    cases = [(LogitAdjusted(COUNTS4, 20.0, 1.0, label_smoothing=0.1), prior),
+             (BalancedSoftmax(COUNTS4, 20.0, label_smoothing=0.1), prior),
+             (LDAM(COUNTS4, 20.0, label_smoothing=0.1), ldam_rows(20.0)),
+             (FocalLoss(COUNTS4, 20.0, gamma=0.0, label_smoothing=0.1), scaled(LOGITS4))]
+    for loss, rows in cases:
+        assert call(loss) == pytest.approx(hand_smoothed_ce(rows, TARGETS4, 0.1), rel=1e-6), type(loss).__name__
+
+
+DRW_WEIGHTS = [1e-4 / (1 - 0.9999 ** n) for n in COUNTS4]
+DRW_WEIGHTS = [4 * w / sum(DRW_WEIGHTS) for w in DRW_WEIGHTS]
+LDAM_ROWS = ldam_rows(20.0)
+
+
+def test_drw_switches_to_class_balanced_weights_at_its_epoch():
+    loss = LDAM(COUNTS4, 20.0, drw_epoch=2)
+    for epoch, weights in ((0, None), (1, None), (2, DRW_WEIGHTS), (5, DRW_WEIGHTS), (1, None)):
+        loss.set_epoch(epoch)
+        assert (loss.weights is None) if weights is None else loss.weights.tolist() == pytest.approx(weights)
+        assert call(loss) == pytest.approx(hand_ce(LDAM_ROWS, TARGETS4, weights=weights), rel=1e-6), epoch
+    never = LDAM(COUNTS4, 20.0, drw_epoch=0)
+    never.set_epoch(100)
+    assert never.weights is None
+
+
+class _CosinesIn(Method):
+    """A method whose 'images' are the logits themselves (unregistered: no name of its own)."""
+
+    def logits(self, model, inputs):
+        return {"logits": inputs}
+
+
+def test_method_forward_tells_the_losses_the_epoch():
+    cfg = from_dict(apply_overrides({}, ["loss.name=ldam", "loss.drw_epoch=3", "loss.label_smoothing=0"]))
+    method = _CosinesIn(cfg, COUNTS4)
+    batch = {"balanced": (torch.tensor(LOGITS4), torch.tensor(TARGETS4))}
+    for epoch, weights in ((0, None), (2, None), (3, DRW_WEIGHTS), (9, DRW_WEIGHTS)):
+        got = method(None, batch, epoch, 10)["loss"].item()
+        assert got == pytest.approx(hand_ce(LDAM_ROWS, TARGETS4, weights=weights), rel=1e-6), epoch
+
+
+def test_stream_losses_build_the_long_tail_losses_from_the_config():
+    def built(*overrides):
+        return stream_losses(from_dict(apply_overrides({}, list(overrides))), COUNTS4)["instance"]
+
+    la = built("loss.name=la", "loss.tau=0.5", "loss.cb_beta=0.5", "loss.scale=10")
+    assert type(la) is LogitAdjusted and (la.scale, la.tau, la.label_smoothing) == (10.0, 0.5, 0.1)
+    assert la.weights.tolist() == pytest.approx(class_balanced_weights(COUNTS4, 0.5).tolist())
+    ldam = built("loss.name=ldam", "loss.max_margin=0.2", "loss.drw_epoch=4")
+    assert type(ldam) is LDAM and (ldam.max_margin, ldam.drw_epoch) == (0.2, 4)
+    focal = built("loss.name=focal", "loss.focal_gamma=1.5")
+    assert type(focal) is FocalLoss and focal.gamma == 1.5 and focal.weights is None
+    assert type(built("loss.name=bs")) is BalancedSoftmax
+    assert Config().loss.name == "agcl" and type(built()) is AGCL
+
+
+@pytest.mark.parametrize("overrides, key, expected", [
+    (["loss.name=la", "loss.tau=-1"], "loss.tau", "0 or more"),
+    (["loss.name=ldam", "loss.max_margin=-0.5"], "loss.max_margin", "0 or more"),
+    (["loss.name=ldam", "loss.drw_epoch=-1"], "loss.drw_epoch", "0 or more"),
+    (["loss.name=focal", "loss.focal_gamma=-2"], "loss.focal_gamma", "0 or more"),
+    (["loss.name=ce", "loss.cb_beta=1"], "loss.cb_beta", "[0, 1)"),
+    (["loss.name=ce", "loss.cb_beta=-0.1"], "loss.cb_beta", "[0, 1)"),
+    (["loss.cb_beta=0.99"], "loss.cb_beta", "not 'agcl'"),  # would be ignored
+    (["loss.name=ldam", "loss.cb_beta=0.99"], "loss.cb_beta", "not 'ldam'"),
+    (["loss.name=la", "loss.drw_epoch=3"], "loss.drw_epoch", "not 'la'"),
+])
+def test_bad_long_tail_loss_values_are_one_line_errors_naming_the_key(overrides, key, expected):
+    with pytest.raises(ConfigError) as info:
+        from_dict(apply_overrides({}, overrides))
+    msg = str(info.value)
+    assert msg.startswith(f"config key '{key}' is ") and expected in msg and "\n" not in msg
+
+
+def test_long_tail_loss_values_in_range_are_accepted():
+    for overrides in (["loss.name=la", "loss.tau=0", "loss.cb_beta=0.9999"], ["loss.name=ldam", "loss.drw_epoch=3"],
+                      ["loss.name=focal", "loss.focal_gamma=0", "loss.cb_beta=0.5"],
+                      ["loss.name=ce", "loss.cb_beta=0"]):
+        assert from_dict(apply_overrides({}, overrides)).loss.name == overrides[0].split("=")[1]

@@ -80,7 +80,7 @@ class ModelConfig:
 class LossConfig:
     """Classification loss and the weights of dual sampling."""
 
-    name: str = "agcl"  # agcl | gcl | ce
+    name: str = "agcl"  # agcl | gcl | ce | la (logit adjustment) | bs (balanced softmax) | ldam | focal
     margin: float = 0.1  # gcl / agcl: subtracted from the true-class cosine
     scale: float = 20.0  # multiplier of the cosine logits (inverse softmax temperature)
     noise_mul: float = 0.5  # gcl / agcl: strength of the Gaussian cloud, larger for rarer classes
@@ -90,6 +90,11 @@ class LossConfig:
     gamma_pos_instance: float = 0.5  # A-GCL focusing on the true class, instance-balanced batch
     gamma_neg_instance: float = 8.0  # A-GCL focusing on the other classes, instance-balanced batch
     eta: float = 0.5  # instance-batch weight beta = eta * (E - e) / E
+    tau: float = 1.0  # la: CE(scale * logits + tau * log(n_j / sum n)); 0 = plain CE (LIFT's default: 1)
+    max_margin: float = 0.5  # ldam: the rarest class's margin; margins ~ n_j^(-1/4), times scale (LDAM, LIFT: 0.5)
+    drw_epoch: int = 0  # ldam: from this epoch of each phase (from 0) class-balanced weights, beta 0.9999; 0 = never
+    cb_beta: float = 0.0  # ce / la / focal: class-balanced weights (1-beta) / (1-beta^n_j); 0 = off (Cui, LIFT: 0.9999)
+    focal_gamma: float = 2.0  # focal: each image's CE times (1 - p_y)^gamma; 0 = CE (LIFT's default: 2)
 
 
 @dataclass
@@ -141,7 +146,7 @@ CHOICES = {
     "data.train_aug": ("rrc_flip", "crop_flip", "none"),
     "data.test_resize_mode": ("shorter", "square"),
     "data.interpolation": ("bicubic", "bilinear"),
-    "loss.name": ("agcl", "gcl", "ce"),
+    "loss.name": ("agcl", "gcl", "ce", "la", "bs", "ldam", "focal"),
     "phase1.sampling": ("dual", "instance", "balanced"),
     "phase2.sampling": ("dual", "instance", "balanced"),
     "precision": ("fp32", "bf16", "fp16"),
@@ -211,7 +216,24 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("config key 'select' is 'best_val' but data.val_list names no validation split; the "
                           "test split is never used to choose a checkpoint")
     _validate_data(cfg.data)
+    _validate_loss(cfg.loss)
     return cfg
+
+
+def _validate_loss(lc: LossConfig) -> None:
+    """The ranges of the long-tail loss keys, and the losses each key applies to (a key that would be ignored)."""
+    for key, value in {"tau": lc.tau, "max_margin": lc.max_margin, "drw_epoch": lc.drw_epoch,
+                       "focal_gamma": lc.focal_gamma}.items():
+        if value < 0:
+            raise ConfigError(f"config key 'loss.{key}' is {value}; expected 0 or more")
+    if not 0 <= lc.cb_beta < 1:
+        raise ConfigError(f"config key 'loss.cb_beta' is {lc.cb_beta}; expected [0, 1) (0: no class-balanced weights)")
+    if lc.cb_beta > 0 and lc.name not in ("ce", "la", "focal"):
+        raise ConfigError(f"config key 'loss.cb_beta' is {lc.cb_beta} but applies to loss.name ce, la or focal, not "
+                          f"{lc.name!r} (ldam re-weights through loss.drw_epoch)")
+    if lc.drw_epoch > 0 and lc.name != "ldam":
+        raise ConfigError(f"config key 'loss.drw_epoch' is {lc.drw_epoch} but deferred re-weighting applies to "
+                          f"loss.name ldam, not {lc.name!r}")
 
 
 def _validate_data(d: DataConfig) -> None:

@@ -1,8 +1,12 @@
-"""Classification losses on cosine logits: label-smoothed CE, GCL and asymmetric GCL (A-GCL).
+"""Classification losses on the model's logits: CE, GCL, A-GCL and the long-tail losses LA, BS, LDAM(-DRW), focal.
 
 GCL is the Gaussian clouded logit of Li et al. (CVPR 2022); A-GCL is LPT's variant (Dong et al.,
 ICLR 2023, Sec. 3.3) that replaces cross-entropy by the asymmetric focusing of ASL with label
-smoothing. All losses take cosine logits in [-1, 1] and apply the scale themselves.
+smoothing. Logit adjustment (Menon et al., ICLR 2021), balanced softmax (Ren et al., NeurIPS 2020),
+LDAM with deferred re-weighting (Cao et al., NeurIPS 2019), focal loss (Lin et al., ICCV 2017) and
+class-balanced weights (Cui et al., CVPR 2019) follow their papers and LIFT's ``utils/losses.py``
+(shijxcs/LIFT). All losses take the logits (cosines in [-1, 1] for the cosine head, raw for a linear
+head) and apply ``scale`` themselves; docs/method.md states each form.
 """
 
 from __future__ import annotations
@@ -13,6 +17,32 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+DRW_BETA = 0.9999  # beta of the class-balanced weights that deferred re-weighting switches to (LDAM-DRW)
+
+
+def checked_counts(class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """The class counts as a float64 vector; ValueError unless 1-D with at least 2 positive counts."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    if counts.ndim != 1 or counts.numel() < 2 or bool((counts <= 0).any()):
+        raise ValueError(f"class_counts must be a 1-D list of at least 2 positive counts, got {class_counts}")
+    return counts
+
+
+def class_balanced_weights(class_counts: Sequence[int] | torch.Tensor, beta: float) -> torch.Tensor:
+    """Cui et al.'s inverse effective number ``(1 - beta) / (1 - beta^n_j)``, normalised to sum C.
+
+    ``beta = 0`` gives all ones (no re-weighting); as beta approaches 1 the weights approach 1 / n_j.
+    """
+    counts = checked_counts(class_counts)
+    w = (1.0 - beta) / (1.0 - beta ** counts)
+    return (w * len(counts) / w.sum()).float()
+
+
+def log_prior(class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """``log(n_j / sum n)``, the log of the training label prior."""
+    counts = checked_counts(class_counts)
+    return (counts / counts.sum()).log().float()
+
 
 def smoothed_targets(targets: torch.Tensor, num_classes: int, eps: float) -> torch.Tensor:
     """One-hot targets with label smoothing: 1 - eps + eps/C at the true class, eps/C elsewhere."""
@@ -21,20 +51,117 @@ def smoothed_targets(targets: torch.Tensor, num_classes: int, eps: float) -> tor
 
 
 class CosineCE(nn.Module):
-    """Cross-entropy with label smoothing on scaled cosine logits.
+    """Cross-entropy with label smoothing on scaled logits, optionally class-balanced (``loss.name=ce``).
+
+    ``loss = mean_i w_{y_i} * CE(scale * s_i, y_i)`` with ``w = 1`` unless ``cb_beta > 0``
+    (:func:`class_balanced_weights`). The batch mean is plain, not PyTorch's weighted mean over
+    ``sum w_{y_i}`` (LIFT's ``F.cross_entropy(weight=...)``): so micro-batch losses still add up to
+    the full batch's under gradient accumulation. The subclasses change the logits or the per-image term.
 
     Args:
-        scale: multiplier applied to the cosine logits (the softmax temperature's inverse).
+        scale: multiplier applied to the logits (the softmax temperature's inverse).
         label_smoothing: eps of label smoothing.
+        class_counts: training images per class; used when ``cb_beta > 0``.
+        cb_beta: beta of the class-balanced weights; 0 = unweighted.
     """
 
-    def __init__(self, scale: float = 20.0, label_smoothing: float = 0.1):
+    def __init__(self, scale: float = 20.0, label_smoothing: float = 0.1,
+                 class_counts: Sequence[int] | torch.Tensor | None = None, cb_beta: float = 0.0):
         super().__init__()
         self.scale = scale
         self.label_smoothing = label_smoothing
+        if class_counts is None and cb_beta > 0:
+            raise ValueError("class-balanced weights (cb_beta > 0) need class_counts")
+        weights = class_balanced_weights(class_counts, cb_beta) if cb_beta > 0 else None
+        self.register_buffer("weights", weights, persistent=False)  # None: unweighted
 
-    def forward(self, cosine: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.scale * cosine, targets, label_smoothing=self.label_smoothing)
+    def adjusted_logits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The logits the softmax sees, ``[B, C]``."""
+        return self.scale * logits.float()
+
+    def per_image(self, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each image's unweighted loss, ``[B]``."""
+        return F.cross_entropy(z, targets, reduction="none", label_smoothing=self.label_smoothing)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        losses = self.per_image(self.adjusted_logits(logits, targets), targets)
+        if self.weights is not None:
+            losses = self.weights[targets] * losses
+        return losses.mean()
+
+
+class LogitAdjusted(CosineCE):
+    """Logit-adjusted loss (Menon et al. 2021): ``CE(scale * s + tau * log prior)``, prior ``n_j / sum n``.
+
+    ``tau = 0`` is plain CE. Label smoothing and class-balanced weights apply as in :class:`CosineCE`.
+    LIFT: ``LogitAdjustedLoss`` (tau 1), its default loss.
+    """
+
+    def __init__(self, class_counts: Sequence[int] | torch.Tensor, scale: float = 20.0, tau: float = 1.0,
+                 label_smoothing: float = 0.0, cb_beta: float = 0.0):
+        super().__init__(scale, label_smoothing, class_counts, cb_beta)
+        self.tau = tau
+        self.register_buffer("offset", tau * log_prior(class_counts), persistent=False)
+
+    def adjusted_logits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.scale * logits.float() + self.offset
+
+
+class BalancedSoftmax(LogitAdjusted):
+    """Balanced softmax (Ren et al. 2020): ``CE(scale * s + log prior)``, the logit adjustment at tau 1.
+
+    Kept as its own name as in LIFT (``BalancedSoftmaxLoss``); label smoothing applies, no re-weighting.
+    """
+
+    def __init__(self, class_counts: Sequence[int] | torch.Tensor, scale: float = 20.0, label_smoothing: float = 0.0):
+        super().__init__(class_counts, scale, 1.0, label_smoothing)
+
+
+class FocalLoss(CosineCE):
+    """Focal loss (Lin et al. 2017): each image's CE times ``(1 - p_y)^gamma``, ``p = softmax(scale * s)``.
+
+    ``gamma = 0`` is CE. The focusing factor carries gradient, as in the paper and LIFT's
+    ``FocalLoss`` (gamma 2); with label smoothing it multiplies the smoothed CE. LIFT (after
+    LDAM-DRW's code) takes ``p_y = exp(-w_y * CE)`` when weighted; here ``p_y`` is the softmax's,
+    and the class-balanced weight multiplies the focal term (Cui et al.'s class-balanced focal loss).
+    """
+
+    def __init__(self, class_counts: Sequence[int] | torch.Tensor, scale: float = 20.0, gamma: float = 2.0,
+                 label_smoothing: float = 0.0, cb_beta: float = 0.0):
+        super().__init__(scale, label_smoothing, class_counts, cb_beta)
+        self.gamma = gamma
+
+    def per_image(self, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        p_y = F.log_softmax(z, dim=1).gather(1, targets[:, None]).squeeze(1).exp()
+        return (1.0 - p_y).clamp(min=0.0).pow(self.gamma) * super().per_image(z, targets)
+
+
+class LDAM(CosineCE):
+    """LDAM (Cao et al. 2019) with deferred re-weighting: ``CE(scale * (s - m_y e_y))``, ``m_j`` ~ ``n_j^(-1/4)``.
+
+    The margins are scaled so that the rarest class's is ``max_margin``; ``scale`` is the paper's ``s``
+    (30 there; LIFT passes its cosine scale, 25). DRW: from epoch ``drw_epoch`` of the phase (counted
+    from 0; 0 = never) each image's term is weighted by the class-balanced weights with beta 0.9999;
+    the method tells the loss the epoch through :meth:`set_epoch`. Label smoothing applies.
+    """
+
+    def __init__(self, class_counts: Sequence[int] | torch.Tensor, scale: float = 20.0, max_margin: float = 0.5,
+                 drw_epoch: int = 0, label_smoothing: float = 0.0):
+        super().__init__(scale, label_smoothing, class_counts, 0.0)
+        m = checked_counts(class_counts).pow(-0.25)
+        self.register_buffer("margins", (m * max_margin / m.max()).float(), persistent=False)
+        self.register_buffer("drw_weights", class_balanced_weights(class_counts, DRW_BETA), persistent=False)
+        self.max_margin = max_margin
+        self.drw_epoch = drw_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Weight by the class-balanced weights from ``drw_epoch`` on (epoch counted from 0), before not at all."""
+        deferred = self.drw_epoch > 0 and epoch >= self.drw_epoch
+        self.weights = self.drw_weights if deferred else None
+
+    def adjusted_logits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        margin = F.one_hot(targets, logits.shape[1]).float() * self.margins
+        return self.scale * (logits.float() - margin)
 
 
 class GCL(nn.Module):
@@ -63,9 +190,7 @@ class GCL(nn.Module):
         label_smoothing: float = 0.0,
     ):
         super().__init__()
-        counts = torch.as_tensor(class_counts, dtype=torch.float64)
-        if counts.ndim != 1 or counts.numel() < 2 or bool((counts <= 0).any()):
-            raise ValueError(f"class_counts must be a 1-D list of at least 2 positive counts, got {class_counts}")
+        counts = checked_counts(class_counts)
         m = counts.max().log() - counts.log()
         m_max = m.max()
         self.register_buffer("cloud", (m / m_max if m_max > 0 else torch.zeros_like(m)).float(), persistent=False)
@@ -123,16 +248,25 @@ class AGCL(GCL):
         return -(y * weight * log_p).sum(dim=1).mean()
 
 
-LOSSES = {"agcl": AGCL, "gcl": GCL, "ce": CosineCE}
+LOSSES = {"agcl": AGCL, "gcl": GCL, "ce": CosineCE, "la": LogitAdjusted, "bs": BalancedSoftmax, "ldam": LDAM,
+          "focal": FocalLoss}
 
 
 def build_loss(name: str, class_counts: Sequence[int], *, margin: float, scale: float, noise_mul: float,
-               label_smoothing: float, gamma_pos: float = 0.0, gamma_neg: float = 0.0) -> nn.Module:
+               label_smoothing: float, gamma_pos: float = 0.0, gamma_neg: float = 0.0, tau: float = 1.0,
+               max_margin: float = 0.5, drw_epoch: int = 0, cb_beta: float = 0.0,
+               focal_gamma: float = 2.0) -> nn.Module:
     """Build a loss by registry name; raises KeyError listing the valid names."""
     if name not in LOSSES:
         raise KeyError(f"unknown loss '{name}'; choose one of {', '.join(LOSSES)}")
-    if name == "ce":
-        return CosineCE(scale=scale, label_smoothing=label_smoothing)
-    if name == "gcl":
-        return GCL(class_counts, margin, scale, noise_mul, label_smoothing)
-    return AGCL(class_counts, margin, scale, noise_mul, gamma_pos, gamma_neg, label_smoothing)
+    ls = label_smoothing
+    build = {
+        "ce": lambda: CosineCE(scale, ls, class_counts, cb_beta),
+        "gcl": lambda: GCL(class_counts, margin, scale, noise_mul, ls),
+        "agcl": lambda: AGCL(class_counts, margin, scale, noise_mul, gamma_pos, gamma_neg, ls),
+        "la": lambda: LogitAdjusted(class_counts, scale, tau, ls, cb_beta),
+        "bs": lambda: BalancedSoftmax(class_counts, scale, ls),
+        "ldam": lambda: LDAM(class_counts, scale, max_margin, drw_epoch, ls),
+        "focal": lambda: FocalLoss(class_counts, scale, focal_gamma, ls, cb_beta),
+    }
+    return build[name]()

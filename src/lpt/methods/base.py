@@ -31,7 +31,9 @@ def stream_losses(cfg: Config, class_counts: list[int]) -> nn.ModuleDict:
     }
     return nn.ModuleDict({
         s: build_loss(lc.name, class_counts, margin=lc.margin, scale=lc.scale, noise_mul=lc.noise_mul,
-                      label_smoothing=lc.label_smoothing, gamma_pos=gammas[s][0], gamma_neg=gammas[s][1])
+                      label_smoothing=lc.label_smoothing, gamma_pos=gammas[s][0], gamma_neg=gammas[s][1],
+                      tau=lc.tau, max_margin=lc.max_margin, drw_epoch=lc.drw_epoch, cb_beta=lc.cb_beta,
+                      focal_gamma=lc.focal_gamma)
         for s in STREAMS
     })
 
@@ -106,7 +108,11 @@ class Method(nn.Module):
     def forward(self, model: LPT, batches: dict[str, tuple[torch.Tensor, torch.Tensor]], epoch: int,
                 epochs: int, shares: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
         """Weighted loss of one step. ``shares`` scales each stream's term by the fraction of that stream's
-        batch these images are (gradient accumulation), so micro-batch losses add up to the full one."""
+        batch these images are (gradient accumulation), so micro-batch losses add up to the full one. Losses with
+        a ``set_epoch`` hook (LDAM's deferred re-weighting) are told the epoch first."""
+        for loss in self.losses.values():
+            if hasattr(loss, "set_epoch"):
+                loss.set_epoch(epoch)
         names = list(batches)
         images = torch.cat([batches[n][0] for n in names])
         labels = torch.cat([batches[n][1] for n in names])
