@@ -47,6 +47,48 @@ def test_eval_reproduces_training_metrics_exactly(trained_run, capsys):
     assert printed == json.loads((trained_run / "metrics.json").read_text())
 
 
+def _ensemble_accuracy(run, views) -> tuple[float, list]:
+    """Overall and per-class accuracy of the mean logits of a run's model on each image's views (hand-built)."""
+    from lpt.data import build_test_dataset
+    from lpt.metrics import shot_accuracy
+
+    test = build_test_dataset(run.config.data)
+    test.transform = None
+    x = torch.stack([torch.stack(views(test.load(i))) for i in range(len(test))])  # [N, views, 3, S, S]
+    with torch.no_grad():
+        logits = torch.stack([run.model(x[:, v]) for v in range(x.shape[1])]).mean(0)
+    metrics = shot_accuracy(logits.argmax(1).tolist(), test.targets, run.train_counts)
+    return metrics["overall"], metrics["per_class"]
+
+
+def test_eval_with_test_time_ensembling(trained_run, capsys):
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2 as T
+
+    def tensor(img):  # the demo's normalisation: mean 0.5, std 0.5
+        return (T.functional.to_dtype(T.functional.pil_to_tensor(img), torch.float32, scale=True) - 0.5) / 0.5
+
+    def flip(img):  # 28x28 images at img_size 28: the image and its mirror
+        return [tensor(img), tensor(img).flip(-1)]
+
+    def crops(img):  # LIFT: resize to 28 + 24, five 28-pixel crops
+        return [tensor(c) for c in T.FiveCrop(28)(T.Resize(52, InterpolationMode.BICUBIC, antialias=True)(img))]
+
+    saved = json.loads((trained_run / "metrics.json").read_text())
+    assert saved["tta"] == "none"
+    capsys.readouterr()
+    assert main(["eval", "--run", str(trained_run), "--json", "--device", "cpu", "--tta", "flip"]) == 0
+    flipped = json.loads(capsys.readouterr().out)
+    assert flipped["tta"] == "flip" and set(flipped) == set(saved)
+    run = lpt.load_run(trained_run)
+    assert (flipped["overall"], flipped["per_class"]) == _ensemble_accuracy(run, flip)
+    cropped = lpt.evaluate_run(trained_run, device="cpu", tta="crops")
+    assert cropped["tta"] == "crops"
+    assert (cropped["overall"], cropped["per_class"]) == _ensemble_accuracy(run, crops)
+    assert main(["eval", "--run", str(trained_run), "--device", "cpu", "--tta", "flip"]) == 0
+    assert "(phase 2, tta flip)" in capsys.readouterr().out
+
+
 def test_loaded_model_api(trained_run):
     run = lpt.load_run(trained_run)
     images = torch.randn(5, 3, 28, 28)

@@ -107,11 +107,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lpt.run.load import evaluate_run
 
     metrics = evaluate_run(args.run, [f"data.{o}" if not o.startswith("data.") else o for o in args.data or []],
-                           device=args.device)
+                           device=args.device, tta=args.tta)
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(shot_table({f"{args.run} (phase {metrics['phase']})": metrics}))
+        tta = f", tta {metrics['tta']}" if metrics["tta"] != "none" else ""
+        print(shot_table({f"{args.run} (phase {metrics['phase']}{tta})": metrics}))
         print("official shot rule: " + ", ".join(f"{k} {fmt(v)}" for k, v in metrics["official"].items()))
     return 0
 
@@ -297,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", metavar="key=value", help="data overrides, e.g. test_list=val.txt root=/data")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--tta", choices=["none", "flip", "crops"],
+                   help="test-time ensembling instead of the run's (config key tta; crops: LIFT's five crops)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes of images with a trained run")

@@ -128,6 +128,8 @@ class Config:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on GPU)
     compile: bool = False  # torch.compile the model's forwards (GPU: LPT phase-2 training 1.36x faster on an H100)
     eval_batch_size: int = 256  # images per evaluation batch
+    tta: str = "none"  # test-time ensembling: none | flip (image and mirror) | crops (LIFT: 5 crops of a larger image)
+    tta_expand: int = 24  # tta=crops: resize to data.img_size + this (LIFT: 24; 21 for ViT-L/14), then 5 crops
     init: str = ""  # run directory whose phase-1 tensors (shared prompt, classifier) start this run (phases=[phase2])
     checkpoint_every: int = 0  # > 0: save a resumable state every this many steps (always at epoch ends)
     val_every: int = 1  # with data.val_list: evaluate on it every this many epochs (and at each phase's end)
@@ -153,6 +155,7 @@ CHOICES = {
     "phase1.schedule": ("steps", "published"),
     "phase2.schedule": ("steps", "published"),
     "select": ("last", "best_val"),
+    "tta": ("none", "flip", "crops"),
 }
 PHASES = ("phase1", "phase2")
 PEFT = ("bitfit", "ln", "lora", "ssf", "adapter", "adaptformer")  # lpt.model.peft
@@ -208,6 +211,8 @@ def validate(cfg: Config) -> Config:
                 f"config key 'model.backbone_args' has entry {name!r} with no value; "
                 "write {key: value} with a space after each colon"
             )
+    if cfg.tta_expand < 0:
+        raise ConfigError(f"config key 'tta_expand' is {cfg.tta_expand}; expected 0 or more pixels")
     if cfg.threads < 0:
         raise ConfigError(f"config key 'threads' is {cfg.threads}; expected 0 (as the caller set them) or more")
     if not 0 <= cfg.model.feature_dropout < 1:

@@ -14,6 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from lpt.config import DataConfig
+from lpt.data import ImageDataset, build_transform, with_transform
 from lpt.distributed import DistContext
 from lpt.model.lpt import LPT
 from lpt.model.prompted_vit import embed, plain_blocks, pooled_feature
@@ -22,14 +24,57 @@ from lpt.utils import autocast
 Outputs = Callable[[LPT, torch.Tensor], dict[str, torch.Tensor]]
 
 
-def predictions(model: LPT, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Top-1 ``preds``, ``top5`` and, in phase 2, the matched ``groups`` ``[B, k]``."""
-    out = model.forward_train(images)
-    logits = out["logits"].float()
+def _ranked(logits: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     result = {"preds": logits.argmax(1), "top5": logits.topk(min(5, logits.shape[1]), dim=1).indices}
     if "groups" in out:
         result["groups"] = out["groups"]
     return result
+
+
+def predictions(model: LPT, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Top-1 ``preds``, ``top5`` and, in phase 2, the matched ``groups`` ``[B, k]``."""
+    out = model.forward_train(images)
+    return _ranked(out["logits"].float(), out)
+
+
+Views = Callable[[torch.Tensor], list[torch.Tensor]]
+VIEWS: dict[str, Views] = {  # test-time ensembling (config key ``tta``): a batch -> its views, the plain one first
+    "flip": lambda images: [images, images.flip(-1)],  # [B, 3, S, S]: the image and its horizontal mirror
+    "crops": lambda images: list(images.unbind(1)),  # [B, 5, 3, S, S] of lpt.data.transforms.FiveCrops
+}
+
+
+def ensemble_logits(model: LPT, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The mean float32 logits of the views and the first view's outputs. One forward per view, so that
+    an ensemble needs no more memory than a plain evaluation (LIFT batches up to 5 views together)."""
+    outs = [model.forward_train(v) for v in views]
+    return torch.stack([o["logits"].float() for o in outs]).mean(0), outs[0]
+
+
+def predictions_tta(views: Views) -> Outputs:
+    """:func:`predictions` of the logits averaged over ``views(images)`` (as LIFT averages, before the argmax),
+    with the matched ``groups`` of the plain view (the first)."""
+    return lambda model, images: _ranked(*ensemble_logits(model, views(images)))
+
+
+def tta_outputs(tta: str) -> Outputs:
+    """What evaluation keeps of a batch under ``tta``: :func:`predictions`, or those of a view ensemble
+    (for ``crops`` the dataset's transform must make the five crops: ``build_transform(..., expand=...)``)."""
+    if tta == "none":
+        return predictions
+    if tta not in VIEWS:
+        raise ValueError(f"tta {tta!r}: choose from none, {', '.join(VIEWS)}")
+    return predictions_tta(VIEWS[tta])
+
+
+def tta_evaluation(dataset: ImageDataset, data: DataConfig, tta: str, expand: int) -> tuple[ImageDataset, Outputs]:
+    """The dataset and outputs of an evaluation under ``tta``. For ``crops`` the dataset's transform becomes
+    LIFT's ``tte`` (shijxcs/LIFT@661ead9 trainer.py:117-122: resize to ``img_size + expand``, ``FiveCrop``; logits
+    averaged at trainer.py:568-573; ``expand`` 24, ``tte_mode`` fivecrop in utils/config.py:55-57): the loader
+    makes the crops per image, as there, since expanded images of other aspect ratios do not batch."""
+    if tta == "crops":
+        dataset = with_transform(dataset, build_transform(data, train=False, expand=expand))
+    return dataset, tta_outputs(tta)
 
 
 def features(model: LPT, images: torch.Tensor) -> dict[str, torch.Tensor]:

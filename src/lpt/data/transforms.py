@@ -26,13 +26,40 @@ def _train_geometry(cfg: DataConfig) -> list[v2.Transform]:
     raise ConfigError(f"config key 'data.train_aug' is {cfg.train_aug!r}; expected one of rrc_flip, crop_flip, none")
 
 
+def _resize(side: int, mode: str, how: InterpolationMode) -> v2.Resize:
+    return v2.Resize(side if mode == "shorter" else (side, side), interpolation=how, antialias=True)
+
+
 def _eval_geometry(resize: int, size: int, mode: str, how: InterpolationMode) -> list[v2.Transform]:
-    side = max(resize, size)
-    return [v2.Resize(side if mode == "shorter" else (side, side), interpolation=how, antialias=True),
-            v2.CenterCrop(size)]
+    return [_resize(max(resize, size), mode, how), v2.CenterCrop(size)]
 
 
-def build_transform(cfg: DataConfig, train: bool, normalize: bool = True) -> v2.Compose:
+def crop_boxes(height: int, width: int, size: int) -> list[tuple[int, int, int, int]]:
+    """``(top, left, height, width)`` of the five ``size`` crops of an image, the centre first, then the top-left,
+    top-right, bottom-left and bottom-right corners: torchvision's ``FiveCrop`` (centre offsets rounded as it rounds
+    them), which LIFT's test-time ensemble takes (shijxcs/LIFT@661ead9 trainer.py:120)."""
+    if size > min(height, width):
+        raise ValueError(f"a {size}-pixel crop does not fit a {height}x{width} image")
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    bottom, right = height - size, width - size
+    return [(t, lr, size, size) for t, lr in ((top, left), (0, 0), (0, right), (bottom, 0), (bottom, right))]
+
+
+class FiveCrops:
+    """An image tensor ``[C, H, W]`` -> its five crops of :func:`crop_boxes`, stacked ``[5, C, size, size]``."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        boxes = crop_boxes(image.shape[-2], image.shape[-1], self.size)
+        return torch.stack([image[..., t:t + h, lr:lr + w].as_subclass(torch.Tensor) for t, lr, h, w in boxes])
+
+    def __repr__(self) -> str:
+        return f"FiveCrops(size={self.size})"
+
+
+def build_transform(cfg: DataConfig, train: bool, normalize: bool = True, expand: int | None = None) -> v2.Compose:
     """The training or evaluation transform of a data configuration.
 
     Training: ``rrc_flip`` (RandomResizedCrop + horizontal flip), ``crop_flip`` (resize the short
@@ -48,20 +75,27 @@ def build_transform(cfg: DataConfig, train: bool, normalize: bool = True) -> v2.
         train: training (random) or evaluation (deterministic) transform.
         normalize: False stops at the uint8 image; :class:`BatchNormalize` then finishes batches on the
             device, with the same arithmetic (loader processes do less work and move a quarter of the bytes).
+        expand: evaluation with LIFT's crop ensemble (``tta=crops``, shijxcs/LIFT trainer.py:117-122): resize
+            to ``img_size + expand`` (shorter side or square, as ``test_resize_mode`` says; ``test_resize`` is
+            not used) and take the five crops of :func:`crop_boxes` instead of the centre crop.
 
     Returns:
         A callable mapping an RGB PIL image to a float32 tensor [3, img_size, img_size] (uint8 with
-        ``normalize=False``).
+        ``normalize=False``; [5, 3, img_size, img_size] with ``expand``).
     """
+    how, crops = INTERPOLATION[cfg.interpolation], []
     if train:
         geometry = _train_geometry(cfg)
+    elif expand is not None:
+        geometry = [_resize(cfg.img_size + expand, cfg.test_resize_mode, how)]
+        crops = [FiveCrops(cfg.img_size)]  # on the tensor, so that the image is decoded and resized once
     else:
-        geometry = _eval_geometry(test_resize_of(cfg), cfg.img_size, cfg.test_resize_mode,
-                                  INTERPOLATION[cfg.interpolation])
+        geometry = _eval_geometry(test_resize_of(cfg), cfg.img_size, cfg.test_resize_mode, how)
     finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(cfg.mean), std=list(cfg.std))]
     return v2.Compose([
         *geometry,  # on the PIL image
         v2.ToImage(),
+        *crops,
         *(finish if normalize else []),
         v2.ToPureTensor(),
     ])

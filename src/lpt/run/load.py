@@ -12,7 +12,7 @@ import torch
 from lpt.config import Config, ConfigError, apply_overrides, from_dict, to_dict
 from lpt.data import build_test_dataset, build_transform
 from lpt.distributed import DistContext
-from lpt.evaluation import evaluate
+from lpt.evaluation import evaluate, tta_evaluation
 from lpt.methods import get_method
 from lpt.metrics import shot_accuracy
 from lpt.model import LPT, BackboneIdentity
@@ -103,19 +103,25 @@ def with_data_overrides(cfg: Config, overrides: list[str] | None, command: str) 
 
 def shot_metrics(model: LPT, dataset, train_counts: list[int], cfg: Config, device: torch.device,
                  dist: DistContext = DistContext(), desc: str = "eval") -> tuple[dict, dict]:
-    """Shot-split metrics of ``model`` on ``dataset`` (with the model's phase) and the evaluation's arrays."""
-    out = evaluate(model, dataset, device=device, batch_size=cfg.eval_batch_size, precision=cfg.precision,
+    """Shot-split metrics of ``model`` on ``dataset`` (with the model's phase and the test-time ensembling
+    ``cfg.tta``) and the evaluation's arrays."""
+    dataset, outputs = tta_evaluation(dataset, cfg.data, cfg.tta, cfg.tta_expand)
+    out = evaluate(model, dataset, outputs, device=device, batch_size=cfg.eval_batch_size, precision=cfg.precision,
                    num_workers=cfg.data.num_workers, dist=dist, progress=cfg.progress, desc=desc)
-    return shot_accuracy(out["preds"], out["labels"], train_counts) | {"phase": model.phase}, out
+    return shot_accuracy(out["preds"], out["labels"], train_counts) | {"phase": model.phase, "tta": cfg.tta}, out
 
 
-def evaluate_run(run_dir: str | Path, data_overrides: list[str] | None = None, device: str = "auto") -> dict:
-    """Metrics of a run on its test split (or another, through ``data.*`` overrides), as in metrics.json.
+def evaluate_run(run_dir: str | Path, data_overrides: list[str] | None = None, device: str = "auto",
+                 tta: str | None = None) -> dict:
+    """Metrics of a run on its test split (or another, through ``data.*`` overrides), as in metrics.json;
+    ``tta`` replaces the run's test-time ensembling (config key ``tta``).
 
     Shot groups always come from the run's own training counts.
     """
     run = load_run(run_dir, resolve_device(device))
     cfg = with_data_overrides(run.config, data_overrides, "eval")
+    if tta is not None:
+        cfg = from_dict(to_dict(cfg) | {"tta": tta})
     test = build_test_dataset(cfg.data)
     if len(test.classes) != run.model.num_classes:
         raise ConfigError(f"evaluation data has {len(test.classes)} classes, the run was trained on "
