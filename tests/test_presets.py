@@ -17,10 +17,14 @@ import pytest
 from PIL import Image
 
 from lpt.config import load_config, preset_names
+from lpt.methods import REGISTRY
+from lpt.model.peft import bottleneck_dim
 
 BENCHMARKS = {  # preset -> classes of its benchmark
     "places_lt": 365, "imagenet_lt": 1000, "inat2018": 8142, "cifar100_lt": 100,
     "vpt_deep_places_lt": 365, "vpt_shallow_places_lt": 365, "linear_places_lt": 365, "full_places_lt": 365,
+    **{f"{recipe}_{name}": classes for recipe in ("lift", "lpt_adaptformer")
+       for name, classes in (("places_lt", 365), ("imagenet_lt", 1000), ("inat2018", 8142), ("cifar100_lt", 100))},
 }
 LPT_PRESETS = ("places_lt", "imagenet_lt", "inat2018", "cifar100_lt")
 DIM, DEPTH = 32, 2
@@ -31,6 +35,7 @@ TINY_VIT = [
     "data.img_size=32", "data.test_resize=32", "data.num_workers=0",
     "phase1.epochs=1", "phase2.epochs=1", "eval_batch_size=512", "progress=false", "device=cpu",
     "phase1.schedule=steps", "phase2.schedule=steps",  # the lr check below is the per-step warm-up's
+    "phase1.warmup_epochs=1", "phase2.warmup_epochs=1", "tta=none",
 ]
 
 
@@ -48,7 +53,7 @@ def test_every_benchmark_has_its_preset():
 @pytest.mark.parametrize("name", preset_names())
 def test_preset_loads_and_validates(name):
     cfg = load_config(name)
-    assert cfg.method in ("lpt", "lpt_joint", "vpt", "linear", "full")
+    assert cfg.method in REGISTRY
     if name in BENCHMARKS:
         assert "." in cfg.model.backbone, "pin the timm weights tag (arch.tag)"
 
@@ -163,7 +168,10 @@ def generated_data(name: str, root: Path, folder: Path) -> tuple[list[str], int]
 
 def expected_trainable(cfg, classes: int, backbone_params: int) -> dict[str, int]:
     """Trainable parameters of each stage, from the method's definition."""
-    m, head = cfg.model, classes * DIM + (classes if cfg.model.head == "linear" else 0)
+    m = cfg.model
+    r = bottleneck_dim(classes, DEPTH)  # AdaptFormer a block: LayerNorm 2D, down D r + r, up r D + D, scale 1
+    head = classes * DIM + (classes if m.head == "linear" else 0) + (
+        DEPTH * (2 * DIM + DIM * r + r + r * DIM + DIM + 1) if m.peft == ["adaptformer"] else 0)
     if cfg.method == "lpt":
         return {"phase1": DEPTH * m.prompt_len * DIM + head,
                 "phase2": m.pool_size * ((DEPTH - m.split_block) * m.prompt_len * DIM + DIM) + head}
