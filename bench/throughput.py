@@ -1,13 +1,14 @@
 """Throughput, peak memory and FLOPs of one lpt method: prints one JSON line.
 
-    python bench/throughput.py --method {linear,vpt,lpt1,lpt2,full} --mode {train,eval} \
+    python bench/throughput.py --method {linear,vpt,lpt1,lpt2,full,adaptformer,lora,ssf,bitfit,lpt_adaptformer1,
+                                         lpt_adaptformer2} --mode {train,eval} \
         --backbone vit_base_patch16_224 --img 224 --batch 64 --device {cpu,cuda} --precision {fp32,bf16} [--compile]
 
 The model is the library's own (``lpt.run.load.build_run_model``) built from the method's Places-LT
-preset (head, loss, dropout, sampling as in a real run), on the named timm architecture with random
-weights (``pretrained=False``) and random images already on the device, so data loading is not
-measured. A train step is what ``lpt.engine.step.TrainStep`` does per iteration: the method's
-forward and loss (``lpt.methods``), backward, SGD step; lpt1 and lpt2 use dual sampling, so a
+preset (LIFT's for the PEFT modules; head, loss, dropout, sampling as in a real run), on the named
+timm architecture with random weights (``pretrained=False``) and random images already on the
+device, so data loading is not measured. A train step is what ``lpt.engine.step.TrainStep`` does per
+iteration: the method's forward and loss (``lpt.methods``), backward, SGD step; lpt1 and lpt2 use dual sampling, so a
 step takes two batches of ``--batch`` images (class-balanced + instance-balanced), the baselines one.
 The linear probe's step includes the frozen forward that gives its features (lpt caches those once
 per run, so this is its cost per image when the features are computed).
@@ -38,13 +39,19 @@ from lpt.config import load_config
 from lpt.methods import get_method
 from lpt.run.load import build_run_model
 
-# method -> (preset, phase)
+# method -> (preset, phase, overrides)
 METHODS = {
-    "linear": ("linear_places_lt", 1),
-    "vpt": ("vpt_deep_places_lt", 1),
-    "lpt1": ("places_lt", 1),
-    "lpt2": ("places_lt", 2),
-    "full": ("full_places_lt", 1),
+    "linear": ("linear_places_lt", 1, []),
+    "vpt": ("vpt_deep_places_lt", 1, []),
+    "lpt1": ("places_lt", 1, []),
+    "lpt2": ("places_lt", 2, []),
+    "full": ("full_places_lt", 1, []),
+    "adaptformer": ("lift_places_lt", 1, []),  # LIFT's recipe
+    "lora": ("lift_places_lt", 1, ["model.peft=[lora]"]),
+    "ssf": ("lift_places_lt", 1, ["model.peft=[ssf]"]),
+    "bitfit": ("lift_places_lt", 1, ["model.peft=[bitfit]"]),
+    "lpt_adaptformer1": ("lpt_adaptformer_places_lt", 1, []),
+    "lpt_adaptformer2": ("lpt_adaptformer_places_lt", 2, []),
 }
 
 
@@ -103,9 +110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace):
     """The preset's config, the model on the device, the method and the step function to time."""
-    preset, phase = METHODS[args.method]
+    preset, phase, overrides = METHODS[args.method]
     cfg = load_config(preset, [f"model.backbone={args.backbone}", "model.pretrained=false", "model.checkpoint=",
-                               f"model.backbone_args={{img_size: {args.img}}}", f"data.img_size={args.img}"])
+                               f"model.backbone_args={{img_size: {args.img}}}", f"data.img_size={args.img}",
+                               *overrides])
     pcfg = getattr(cfg, f"phase{phase}")
     device = torch.device(args.device)
     counts = longtail_counts(args.classes)
