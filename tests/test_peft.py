@@ -185,3 +185,21 @@ def test_class_mean_head_init_is_each_class_mean_training_feature_normalised(tin
                    source_features(model, ["plain"]), device=torch.device("cpu"), progress=False)
     expected = torch.stack([torch.from_numpy(out["plain"][out["labels"] == c].mean(0)) for c in range(10)])
     torch.testing.assert_close(head, F.normalize(expected, dim=1), atol=1e-6, rtol=1e-5)
+
+
+def test_linear_probe_head_init_is_scikit_learns_balanced_logistic_regression(tiny_fmnist, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    from lpt.data import build_datasets, build_transform, with_transform
+    from lpt.evaluation import evaluate, source_features
+    from lpt.run.load import build_run_model
+
+    cfg = load_config("demo", [*tiny_run_overrides(tiny_fmnist), "model.head_init=linear_probe", "phases=[phase1]",
+                               "phase1.epochs=1", "phase1.lr=1e-12", "model.feature_dropout=0"])
+    lpt.train(cfg, tmp_path / "run")
+    head = lpt.load_run(tmp_path / "run").model.head.weight
+    model, _ = build_run_model(cfg, 10)
+    out = evaluate(model, with_transform(build_datasets(cfg.data).train, build_transform(cfg.data, train=False)),
+                   source_features(model, ["plain"]), device=torch.device("cpu"), progress=False)
+    clf = LogisticRegression(max_iter=100, class_weight="balanced").fit(out["plain"], out["labels"])
+    torch.testing.assert_close(head, F.normalize(torch.from_numpy(clf.coef_).float(), dim=1), atol=1e-5, rtol=1e-4)

@@ -68,7 +68,7 @@ class ModelConfig:
     top_k: int = 2  # k, groups selected per image
     feature_dropout: float = 0.1  # dropout on the feature before the classifier, in training
     head: str = "cosine"  # cosine | linear
-    head_init: str = "random"  # random | class_mean: each class's mean training feature, normalised (LIFT's)
+    head_init: str = "random"  # random | class_mean | linear_probe: from the training features (LIFT's)
     prompt_depth: str = "deep"  # deep (a prompt per block, keys/values only) | shallow (VPT-Shallow: tokens at input)
     query: str = "shared"  # phase-2 query function: shared (the phase-1 prompted ViT) | plain (the ViT alone)
     layer_norm_eps: float = 0.0  # > 0 overrides the backbone's LayerNorm eps (official LPT checkpoints: 1e-5)
@@ -142,7 +142,7 @@ class Config:
 CHOICES = {
     "data.source": ("fashion_mnist", "cifar100", "list", "inat_json", "folder"),
     "model.head": ("cosine", "linear"),
-    "model.head_init": ("random", "class_mean"),
+    "model.head_init": ("random", "class_mean", "linear_probe"),
     "model.prompt_depth": ("deep", "shallow"),
     "model.query": ("shared", "plain"),
     "data.train_aug": ("rrc_flip", "crop_flip", "none"),

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from lpt.version import __version__
 from lpt.config import Config, ConfigError, to_dict
@@ -28,13 +27,14 @@ from lpt.distributed import init_distributed
 from lpt.engine.resume import StopRequest, load_resume, save_resume
 from lpt.engine.step import Env
 from lpt.engine.trainer import Cadence, PhaseTrainer, TensorBoardLog
-from lpt.evaluation import evaluate, features, source_features
+from lpt.evaluation import evaluate, features
 from lpt.methods import Method, check_config, get_method
 from lpt.model import LPT, BackboneIdentity
 from lpt.model.build import check_fits
 from lpt.model.lpt import GROUP_PROMPTS
 from lpt.model.state import load_strict
 from lpt.run import files
+from lpt.run.head_init import init_head
 from lpt.run.load import build_run_model, load_trained, shot_metrics
 from lpt.run.validation import Validation
 from lpt.utils import log, resolve_device, set_threads
@@ -129,32 +129,13 @@ def _set_up(cfg: Config, out_dir: Path, resume: bool, env: Env) -> _Training:
     elif cfg.init:  # phase 1's tensors only: group prompts and keys start fresh, whatever m or k the run uses
         load_trained(model, identity, Path(cfg.init), skip=(GROUP_PROMPTS,))
     model.to(env.device)
-    if state is None and not cfg.init and cfg.model.head_init == "class_mean":
-        _init_head_with_class_means(model, splits, cfg, env)
+    if state is None and not cfg.init and cfg.model.head_init != "random":
+        init_head(model, splits, cfg, env)
     if cfg.compile:
         model.compile_forwards()
     start = state[1] if state is not None else {"phase_index": 0, "phase": None, "summary": {}, "jsonl_lines": 0}
     return _Training(cfg, out_dir, env, splits, model, identity, start, resumed=state is not None,
                      summary=dict(start["summary"]), metrics=start.get("metrics"), val=build_val_dataset(cfg.data))
-
-
-@torch.no_grad()
-def _init_head_with_class_means(model: LPT, splits: DataSplits, cfg: Config, env: Env) -> None:
-    """``model.head_init=class_mean`` (LIFT's ``init_head_class_mean``): each class's classifier weight is the
-    mean feature of its training images (evaluation transform), normalised. The features are the ViT's as
-    built, before any prompt: LoRA, Adapter and AdaptFormer start at identity, so with them these are the
-    frozen ViT's exactly (LIFT turns its modules off for this); SSF starts near identity (N(1, 0.02))."""
-    out = evaluate(model, with_transform(splits.train, build_transform(cfg.data, train=False)),
-                   source_features(model, ["plain"]), device=env.device, batch_size=cfg.eval_batch_size,
-                   precision=cfg.precision, num_workers=cfg.data.num_workers, dist=env.dist, progress=cfg.progress,
-                   desc="class means")
-    labels = torch.from_numpy(out["labels"]).long()
-    features = torch.from_numpy(out["plain"])
-    sums = torch.zeros(splits.num_classes, features.shape[1]).index_add_(0, labels, features)
-    means = sums / torch.bincount(labels, minlength=splits.num_classes)[:, None]
-    model.head.weight.copy_(F.normalize(means, dim=1))
-    if getattr(model.head, "bias", None) is not None:
-        model.head.bias.zero_()
 
 
 def _read_resume(out_dir: Path):
