@@ -25,4 +25,4 @@ for name in $(printf '%s\n' "${!runs[@]}" | sort); do
   $lpt train --config demo --out "$out/$name" --threads 2 progress=false ${runs[$name]} > "$out/$name.log" 2>&1
   echo "$name: $(( $(date +%s) - start )) s" | tee -a "$out/seconds.txt"
 done
-$lpt compare "$out"/[0-9]* --out "$out/table"
+$lpt compare "$out"/[0-9]*/ --out "$out/table"
