@@ -123,6 +123,8 @@ def test_lift_bottleneck_rule():
     (["adaptformer"], {"adaptformer"}),
     (["bitfit"], {"bias"}),
     (["ln"], {"norm1", "norm2"}),
+    (["ssf"], {"ssf"}),
+    (["adapter"], {"adapter"}),
 ])
 def test_gradients_reach_only_the_chosen_module_prompts_and_head(peft, trained):
     model = LPT(tiny_vit(), num_classes=5, prompt_len=2, pool_size=4, split_block=1, top_k=2, peft=peft, peft_dim=4)
@@ -170,36 +172,32 @@ def test_a_peft_run_trains_its_modules_and_reloads_them(tiny_fmnist, tmp_path):
     assert run["phases"]["phase1"]["trainable_by_part"] == {"lora": 3 * 256, "adaptformer": 3 * 227, "head": 320}
 
 
-def test_class_mean_head_init_is_each_class_mean_training_feature_normalised(tiny_fmnist, tmp_path):
+def initialised_head_and_features(root, tmp_path, head_init):
+    """The classifier a run starts from (one epoch at lr 1e-12 leaves it as initialised) and, by hand, the
+    plain ViT features and labels of its training images (evaluation transform)."""
     from lpt.data import build_datasets, build_transform, with_transform
     from lpt.evaluation import evaluate, source_features
     from lpt.run.load import build_run_model
 
-    cfg = load_config("demo", [*tiny_run_overrides(tiny_fmnist), "model.head_init=class_mean", "phases=[phase1]",
-                               "phase1.epochs=1", "phase1.lr=1e-12", "model.feature_dropout=0"])
-    lpt.train(cfg, tmp_path / "run")
-    head = lpt.load_run(tmp_path / "run").model.head.weight
-    model, _ = build_run_model(cfg, 10)
-    train = build_datasets(cfg.data).train
-    out = evaluate(model, with_transform(train, build_transform(cfg.data, train=False)),
-                   source_features(model, ["plain"]), device=torch.device("cpu"), progress=False)
-    expected = torch.stack([torch.from_numpy(out["plain"][out["labels"] == c].mean(0)) for c in range(10)])
-    torch.testing.assert_close(head, F.normalize(expected, dim=1), atol=1e-6, rtol=1e-5)
-
-
-def test_linear_probe_head_init_is_scikit_learns_balanced_logistic_regression(tiny_fmnist, tmp_path):
-    from sklearn.linear_model import LogisticRegression
-
-    from lpt.data import build_datasets, build_transform, with_transform
-    from lpt.evaluation import evaluate, source_features
-    from lpt.run.load import build_run_model
-
-    cfg = load_config("demo", [*tiny_run_overrides(tiny_fmnist), "model.head_init=linear_probe", "phases=[phase1]",
+    cfg = load_config("demo", [*tiny_run_overrides(root), f"model.head_init={head_init}", "phases=[phase1]",
                                "phase1.epochs=1", "phase1.lr=1e-12", "model.feature_dropout=0"])
     lpt.train(cfg, tmp_path / "run")
     head = lpt.load_run(tmp_path / "run").model.head.weight
     model, _ = build_run_model(cfg, 10)
     out = evaluate(model, with_transform(build_datasets(cfg.data).train, build_transform(cfg.data, train=False)),
                    source_features(model, ["plain"]), device=torch.device("cpu"), progress=False)
-    clf = LogisticRegression(max_iter=100, class_weight="balanced").fit(out["plain"], out["labels"])
+    return head, out["plain"], out["labels"]
+
+
+def test_class_mean_head_init_is_each_class_mean_training_feature_normalised(tiny_fmnist, tmp_path):
+    head, features, labels = initialised_head_and_features(tiny_fmnist, tmp_path, "class_mean")
+    expected = torch.stack([torch.from_numpy(features[labels == c].mean(0)) for c in range(10)])
+    torch.testing.assert_close(head, F.normalize(expected, dim=1), atol=1e-6, rtol=1e-5)
+
+
+def test_linear_probe_head_init_is_scikit_learns_balanced_logistic_regression(tiny_fmnist, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    head, features, labels = initialised_head_and_features(tiny_fmnist, tmp_path, "linear_probe")
+    clf = LogisticRegression(max_iter=100, class_weight="balanced").fit(features, labels)
     torch.testing.assert_close(head, F.normalize(torch.from_numpy(clf.coef_).float(), dim=1), atol=1e-5, rtol=1e-4)

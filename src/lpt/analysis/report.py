@@ -219,7 +219,7 @@ def _matching(run: RunFiles) -> tuple[dict | None, str]:
     if groups is not None and len(groups):
         pool = int(run.config.get("model", {}).get("pool_size", int(groups.max()) + 1))
         return matching_stats(groups, run.predictions["labels"], len(run.classes), pool), ""
-    if run.method in ("lpt", "lpt_joint") and run.metrics.get("phase") == 2:
+    if run.metrics.get("phase") == 2:  # a phase-2 model selects groups, whichever method trained it
         return None, (f"`{PREDICTIONS}` is missing, so the groups each image selected are unknown; "
                       "`lpt report` computes it where the test data is available.")
     return None, (f"This run's final model ({run.method_label}) selects no group prompts: prompt matching "
