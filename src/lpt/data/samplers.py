@@ -46,6 +46,7 @@ class _ShardedSampler(Sampler[int]):
         self.seed = seed
         self.epoch = 0
         self.skip = 0
+        self.key_salt: int | None = None  # set: yield (index, augmentation key) pairs (keyed_augmentation)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Select the epoch whose sequence the next iteration yields, leaving out this rank's first
@@ -57,8 +58,12 @@ class _ShardedSampler(Sampler[int]):
         """The whole epoch's sequence, of length ``total``, identical on every rank."""
         raise NotImplementedError
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.global_order()[self.rank::self.world_size][self.skip:])
+    def __iter__(self) -> Iterator:
+        indices = self.global_order()[self.rank::self.world_size][self.skip:]
+        if self.key_salt is None:
+            return iter(indices)
+        positions = range(self.rank + self.skip * self.world_size, self.total, self.world_size)
+        return ((index, sample_key(self.seed, self.epoch, self.key_salt, p)) for index, p in zip(indices, positions))
 
     def __len__(self) -> int:
         return self.total // self.world_size
@@ -147,6 +152,31 @@ class ClassBalancedSampler(_ShardedSampler):
 # ----------------------------------------------------------------------------- train stream
 
 
+def sample_key(seed: int, epoch: int, stream: int, position: int) -> int:
+    """The seed of one sample's augmentation: a function of the run's seed, the epoch, the stream and the
+    sample's position in the epoch's global sequence only, so neither loader processes, ranks nor a resume
+    point change what an image gets."""
+    return int(np.random.SeedSequence([seed % 2**64, epoch, stream, position]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class KeyedAugmentation(Dataset):
+    """``dataset[index]`` with torch's generator seeded by the sampler's key for that sample, the caller's
+    generator state left as it was (torchvision's random transforms draw from torch's generator)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.targets = dataset.targets
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, key = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key)
+            return self.dataset[index]
+
+
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: seed numpy and random from the worker's torch seed."""
     seed = torch.initial_seed() % 2**32
@@ -198,7 +228,7 @@ def _loader(dataset: Dataset, sampler: _ShardedSampler, batch_size: int, num_wor
 
 def build_train_stream(dataset: Dataset, sampling: str, batch_size: int, samples_per_class: int, num_workers: int,
                        seed: int, rank: int | None = None, world_size: int | None = None,
-                       pin_memory: bool = False) -> TrainStream:
+                       pin_memory: bool = False, keyed: bool = True) -> TrainStream:
     """The training batches of one rank for ``dual``, ``instance`` or ``balanced`` sampling.
 
     An epoch has ``ceil(N / (batch_size * world_size))`` steps in every mode. Each stream's
@@ -214,6 +244,8 @@ def build_train_stream(dataset: Dataset, sampling: str, batch_size: int, samples
         seed: seed of the samplers (with the epoch) and of the workers.
         rank, world_size: this process's shard; default from torch.distributed, else 0 and 1.
         pin_memory: DataLoader pin_memory.
+        keyed: seed each sample's random transform from (seed, epoch, stream, position) (:func:`sample_key`):
+            augmentation independent of loader processes, ranks and resume point.
     """
     if sampling not in SAMPLING:
         raise ConfigError(f"sampling is {sampling!r}; expected one of {', '.join(SAMPLING)}")
@@ -230,6 +262,10 @@ def build_train_stream(dataset: Dataset, sampling: str, batch_size: int, samples
     if sampling in ("dual", "instance"):
         num_samples = iterations * global_batch if len(dataset) >= global_batch else len(dataset)
         samplers["instance"] = InstanceSampler(len(dataset), seed, rank, world_size, num_samples=num_samples)
+    if keyed:
+        for i, sampler in enumerate(samplers.values()):
+            sampler.key_salt = i
+        dataset = KeyedAugmentation(dataset)
     loaders = {
         key: _loader(dataset, sampler, batch_size, num_workers, pin_memory, _stream_seed(seed, rank, i))
         for i, (key, sampler) in enumerate(samplers.items())

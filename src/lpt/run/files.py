@@ -93,13 +93,16 @@ def clear(run_dir: Path) -> None:
 @contextmanager
 def run_lock(run_dir: Path):
     """Hold an exclusive lock on the run directory; refuse one that another process holds. If nothing but the
-    lock was written when it is released (a start that failed), the lock goes, and the directory if made here."""
+    lock was written when it is released (a start that failed), the lock goes, and the directory if made here.
+
+    A POSIX record lock (``lockf``), not ``flock``: loader processes forked from the holder do not inherit it, so
+    a run killed with SIGKILL can be resumed at once, while its orphaned workers are still shutting down."""
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fh = open(run_dir / LOCK, "a+")
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         fh.seek(0)
         owner = fh.read().strip() or "unknown"
         fh.close()
@@ -115,7 +118,7 @@ def run_lock(run_dir: Path):
             (run_dir / LOCK).unlink()
             if created:
                 run_dir.rmdir()
-        fcntl.flock(fh, fcntl.LOCK_UN)
+        fcntl.lockf(fh, fcntl.LOCK_UN)
         fh.close()
 
 

@@ -221,7 +221,7 @@ def _phase_stream(run: _Training, method: Method, pcfg) -> TrainStream:
     stream = build_train_stream(train_set, pcfg.sampling, pcfg.batch_size, cfg.data.samples_per_class,
                                 0 if method.features else cfg.data.num_workers, cfg.seed, rank=env.dist.rank,
                                 world_size=env.dist.world_size,
-                                pin_memory=env.device.type == "cuda" and not method.features)
+                                pin_memory=env.device.type == "cuda" and not method.features, keyed=not method.features)
     stream.finish = None if method.features else BatchNormalize(cfg.data)
     return stream
 
