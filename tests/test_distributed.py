@@ -11,7 +11,7 @@ import torch
 
 from lpt.config import from_dict, read_yaml
 from lpt.data import build_datasets
-from lpt.data.samplers import ClassBalancedSampler, InstanceSampler
+from lpt.data.samplers import ClassBalancedSampler, InstanceSampler, sample_key
 from lpt.run.load import evaluate_run
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -97,6 +97,11 @@ def test_samplers_shard_without_overlap(two_process_run):
     for a, b in zip(*shards):
         assert (a["sampler"], a["epoch"], a["world_size"], a["skip"]) == (b["sampler"], b["epoch"], 2, 0)
         assert len(a["indices"]) == len(b["indices"]) == total // 2
+        # each draw is (index, augmentation key); the keys of both ranks interleave into the single process's
+        stream = 0 if a["sampler"] == "ClassBalancedSampler" else 1
+        keys = [k for pair in zip(a["indices"], b["indices"]) for k in (pair[0][1], pair[1][1])]
+        assert keys == [sample_key(cfg.seed, a["epoch"], stream, p) for p in range(total)]
+        a["indices"], b["indices"] = [i for i, _ in a["indices"]], [i for i, _ in b["indices"]]
         if a["sampler"] == "InstanceSampler":
             single = InstanceSampler(len(targets), cfg.seed, 0, 1, num_samples=total)
             assert set(a["indices"]) | set(b["indices"]) == set(range(len(targets)))
