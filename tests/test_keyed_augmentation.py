@@ -1,18 +1,15 @@
 """Augmentation keyed by the sample: the transformed training images of an epoch do not depend on the number of
 loader processes or ranks (data.num_workers, torchrun), so a resumed run with workers is exact too."""
 
-import random
 import subprocess
-import time
 
 import pytest
 import torch
 
-from lpt.cli import main
 from lpt.config import load_config
 from lpt.data import build_datasets, build_train_stream, build_transform, with_transform
 from lpt.data.samplers import sample_key
-from tests.test_resume import command, comparable, wait_for
+from tests.test_resume import command, comparable, kill_at_a_random_step_and_resume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,14 +77,6 @@ def uninterrupted_with_workers(tiny_fmnist, tmp_path_factory):
 
 def test_sigkill_with_loader_processes_then_resume_gives_the_uninterrupted_run(tiny_fmnist, tmp_path,
                                                                               uninterrupted_with_workers):
-    rng = random.Random(time.time_ns())
-    target = (rng.randint(0, 1), rng.randint(0, 1), rng.randint(1, 15))  # phase, epoch, step of 20 per epoch
     out = tmp_path / "killed"
-    proc = subprocess.Popen(command(tiny_fmnist, out) + WORKERS, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    reached = wait_for(proc, out, target)
-    proc.kill()
-    proc.wait()
-    assert not (out / "metrics.json").exists(), f"killed at {reached} too late"
-    assert main(["--quiet", "train", "--resume", str(out)]) == 0
+    reached = kill_at_a_random_step_and_resume(command(tiny_fmnist, out) + WORKERS, out)
     assert comparable(out) == uninterrupted_with_workers, f"killed at {reached}"

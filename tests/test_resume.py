@@ -59,16 +59,22 @@ def uninterrupted(tiny_fmnist, tmp_path_factory):
     return comparable(out)
 
 
-def test_sigkill_at_random_step_then_resume_gives_identical_metrics(tiny_fmnist, tmp_path, uninterrupted):
+def kill_at_a_random_step_and_resume(argv, out):
+    """Start ``argv`` (a run into ``out``), SIGKILL it at a random step, resume it; returns where it stopped."""
     rng = random.Random(time.time_ns())
     target = (rng.randint(0, 1), rng.randint(0, 1), rng.randint(1, 15))  # phase, epoch, step of 20 per epoch
-    out = tmp_path / "killed"
-    proc = subprocess.Popen(command(tiny_fmnist, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     reached = wait_for(proc, out, target)
     proc.kill()
     proc.wait()
     assert not (out / "metrics.json").exists(), f"killed at {reached} too late"
     assert main(["--quiet", "train", "--resume", str(out)]) == 0
+    return reached
+
+
+def test_sigkill_at_random_step_then_resume_gives_identical_metrics(tiny_fmnist, tmp_path, uninterrupted):
+    out = tmp_path / "killed"
+    reached = kill_at_a_random_step_and_resume(command(tiny_fmnist, out), out)
     assert comparable(out) == uninterrupted, f"killed at {reached}"
 
 
