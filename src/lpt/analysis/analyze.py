@@ -19,9 +19,9 @@ from lpt.analysis import plots
 from lpt.analysis.geometry import class_distances, knn_predict, lda_2d
 from lpt.metrics import shot_accuracy
 from lpt.config import ConfigError
-from lpt.data import build_datasets, build_transform, with_transform
-from lpt.evaluation import evaluate, feature_sources, source_features
-from lpt.run.load import load_run, with_data_overrides
+from lpt.data import build_datasets, with_eval_transform
+from lpt.evaluation import feature_sources, source_features
+from lpt.run.load import evaluate_with, load_run, with_data_overrides
 from lpt.utils import atomic_write_bytes, atomic_write_json, log, resolve_device
 
 ANALYSIS_JSON, LDA_PNG = "analysis.json", "analysis_lda.png"
@@ -73,13 +73,12 @@ def analyze_run(run_dir: str | Path, data_overrides: list[str] | None = None, k:
     splits = build_datasets(cfg.data)
     if splits.num_classes != run.model.num_classes:
         raise ConfigError(f"the data has {splits.num_classes} classes, the run was trained on {run.model.num_classes}")
-    train_set = with_transform(splits.train, build_transform(cfg.data, train=False))
     sources = feature_sources(run.model)
     dev = next(run.model.parameters()).device
-    opts = dict(device=dev, batch_size=cfg.eval_batch_size, precision=cfg.precision,
-                num_workers=cfg.data.num_workers, progress=cfg.progress)
-    train = evaluate(run.model, train_set, source_features(run.model, sources), desc="features train", **opts)
-    test = evaluate(run.model, splits.test, source_features(run.model, sources), desc="features test", **opts)
+    train = evaluate_with(cfg, run.model, with_eval_transform(splits.train, cfg.data),
+                          source_features(run.model, sources), device=dev, desc="features train")
+    test = evaluate_with(cfg, run.model, splits.test, source_features(run.model, sources), device=dev,
+                         desc="features test")
     train_labels, test_labels = train.pop("labels"), test.pop("labels")
     log.info("analyze %s: %d training and %d test images, sources %s", run_dir, len(train_labels),
              len(test_labels), ", ".join(sources))

@@ -21,8 +21,7 @@ from lpt.analysis.matching import matching_stats
 from lpt.metrics import GROUPS, SHOT_RULES, shot_groups
 from lpt.run.files import PREDICTIONS, RunFiles, read_run, trained_params, write_predictions
 from lpt.data import build_test_dataset
-from lpt.evaluation import evaluate
-from lpt.run.load import load_run
+from lpt.run.load import evaluate_with, load_run
 from lpt.utils import atomic_write_bytes, atomic_write_text, resolve_device
 
 REPORT_HTML, REPORT_MD = "report.html", "report.md"
@@ -318,9 +317,7 @@ def compute_predictions(run_dir: str | Path, device: str = "auto") -> Path:
     existed, or imported ones); needs the test data."""
     run = load_run(run_dir, resolve_device(device))
     cfg = run.config
-    out = evaluate(run.model, build_test_dataset(cfg.data), device=next(run.model.parameters()).device,
-                   batch_size=cfg.eval_batch_size, precision=cfg.precision, num_workers=cfg.data.num_workers,
-                   progress=cfg.progress)
+    out = evaluate_with(cfg, run.model, build_test_dataset(cfg.data), device=next(run.model.parameters()).device)
     return write_predictions(run_dir, out)
 
 

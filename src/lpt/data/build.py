@@ -232,3 +232,8 @@ def with_transform(dataset: ImageDataset, transform: Transform) -> ImageDataset:
     clone = copy.copy(dataset)
     clone.transform = transform
     return clone
+
+
+def with_eval_transform(dataset: ImageDataset, cfg: DataConfig) -> ImageDataset:
+    """The same images with the deterministic evaluation transform (features of training images, not crops)."""
+    return with_transform(dataset, build_transform(cfg, train=False))

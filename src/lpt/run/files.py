@@ -53,11 +53,16 @@ TRAIN_LOG, TENSORBOARD, BAD_IMAGES, LOCK = "train.log", "tensorboard", "bad_imag
 # ----------------------------------------------------------------------------- claiming a directory
 
 
+def _contents(run_dir: Path) -> list[Path]:
+    """What a directory holds besides a (possibly stale) lock file."""
+    return [p for p in run_dir.iterdir() if p.name != LOCK]
+
+
 def run_state(run_dir: Path) -> str:
     """``new`` (absent or empty, a stale lock aside), ``finished``, ``interrupted`` (a resumable state),
     ``started`` (set up, stopped before its first save) or ``other`` (not an lpt run)."""
     run_dir = Path(run_dir)
-    if not run_dir.exists() or not [p for p in run_dir.iterdir() if p.name != LOCK]:
+    if not run_dir.exists() or not _contents(run_dir):
         return "new"
     if not run_dir.is_dir() or not (run_dir / CONFIG).is_file() or not (run_dir / CLASSES).is_file():
         return "other"
@@ -85,9 +90,8 @@ def clear(run_dir: Path) -> None:
     state = check_claim(run_dir, overwrite=True)
     if state != "new":
         log.warning("--overwrite: deleting the %s run in %s", state, run_dir)
-    for child in Path(run_dir).iterdir():
-        if child.name != LOCK:
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    for child in _contents(Path(run_dir)):
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 @contextmanager
@@ -114,7 +118,7 @@ def run_lock(run_dir: Path):
     try:
         yield
     finally:
-        if not [p for p in run_dir.iterdir() if p.name != LOCK]:  # still holding the lock: no one else is here
+        if not _contents(run_dir):  # still holding the lock: no one else is here
             (run_dir / LOCK).unlink()
             if created:
                 run_dir.rmdir()

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from lpt.config import Config
-from lpt.data import DataSplits, build_transform, with_transform
+from lpt.data import DataSplits, with_eval_transform
 from lpt.engine.step import Env
-from lpt.evaluation import evaluate, source_features
+from lpt.evaluation import source_features
 from lpt.model.lpt import LPT
+from lpt.run.load import evaluate_with
 
 
 def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -42,10 +43,8 @@ def probe_weights(features: np.ndarray, labels: np.ndarray, num_classes: int) ->
 @torch.no_grad()
 def init_head(model: LPT, splits: DataSplits, cfg: Config, env: Env) -> None:
     """Set the classifier from the training features as ``cfg.model.head_init`` says (a bias, if any, to 0)."""
-    out = evaluate(model, with_transform(splits.train, build_transform(cfg.data, train=False)),
-                   source_features(model, ["plain"]), device=env.device, batch_size=cfg.eval_batch_size,
-                   precision=cfg.precision, num_workers=cfg.data.num_workers, dist=env.dist, progress=cfg.progress,
-                   desc=f"head init ({cfg.model.head_init})")
+    out = evaluate_with(cfg, model, with_eval_transform(splits.train, cfg.data), source_features(model, ["plain"]),
+                        device=env.device, dist=env.dist, desc=f"head init ({cfg.model.head_init})")
     fit = class_means if cfg.model.head_init == "class_mean" else probe_weights
     model.head.weight.copy_(F.normalize(fit(out["plain"], out["labels"], splits.num_classes), dim=1))
     if getattr(model.head, "bias", None) is not None:

@@ -12,7 +12,7 @@ import torch
 from lpt.config import Config, ConfigError, apply_overrides, from_dict, to_dict
 from lpt.data import build_test_dataset, build_transform
 from lpt.distributed import DistContext
-from lpt.evaluation import evaluate, tta_evaluation
+from lpt.evaluation import Outputs, evaluate, predictions, tta_evaluation
 from lpt.methods import get_method
 from lpt.metrics import shot_accuracy
 from lpt.model import LPT, BackboneIdentity
@@ -101,13 +101,19 @@ def with_data_overrides(cfg: Config, overrides: list[str] | None, command: str) 
     return from_dict(apply_overrides(to_dict(cfg), overrides))
 
 
+def evaluate_with(cfg: Config, model: LPT, dataset, outputs: Outputs = predictions, *, device: torch.device,
+                  dist: DistContext = DistContext(), desc: str = "eval") -> dict:
+    """:func:`lpt.evaluation.evaluate` with a run config's batch size, precision, loader processes and progress."""
+    return evaluate(model, dataset, outputs, device=device, batch_size=cfg.eval_batch_size, precision=cfg.precision,
+                    num_workers=cfg.data.num_workers, dist=dist, progress=cfg.progress, desc=desc)
+
+
 def shot_metrics(model: LPT, dataset, train_counts: list[int], cfg: Config, device: torch.device,
                  dist: DistContext = DistContext(), desc: str = "eval") -> tuple[dict, dict]:
     """Shot-split metrics of ``model`` on ``dataset`` (with the model's phase and the test-time ensembling
     ``cfg.tta``) and the evaluation's arrays."""
     dataset, outputs = tta_evaluation(dataset, cfg.data, cfg.tta, cfg.tta_expand)
-    out = evaluate(model, dataset, outputs, device=device, batch_size=cfg.eval_batch_size, precision=cfg.precision,
-                   num_workers=cfg.data.num_workers, dist=dist, progress=cfg.progress, desc=desc)
+    out = evaluate_with(cfg, model, dataset, outputs, device=device, dist=dist, desc=desc)
     return shot_accuracy(out["preds"], out["labels"], train_counts) | {"phase": model.phase, "tta": cfg.tta}, out
 
 

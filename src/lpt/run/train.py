@@ -20,14 +20,14 @@ import torch
 from lpt.version import __version__
 from lpt.config import Config, ConfigError, to_dict
 from lpt.data import (DataSplits, TrainStream, build_datasets, build_train_stream, build_transform, build_val_dataset,
-                      with_transform)
+                      with_eval_transform, with_transform)
 from lpt.data.datasets import FeatureDataset
 from lpt.data.transforms import BatchNormalize
 from lpt.distributed import init_distributed
 from lpt.engine.resume import StopRequest, load_resume, save_resume
 from lpt.engine.step import Env
 from lpt.engine.trainer import Cadence, PhaseTrainer, TensorBoardLog
-from lpt.evaluation import evaluate, features
+from lpt.evaluation import features
 from lpt.methods import Method, check_config, get_method
 from lpt.model import LPT, BackboneIdentity
 from lpt.model.build import check_fits
@@ -35,7 +35,7 @@ from lpt.model.lpt import GROUP_PROMPTS
 from lpt.model.state import load_strict
 from lpt.run import files
 from lpt.run.head_init import init_head
-from lpt.run.load import build_run_model, load_trained, shot_metrics
+from lpt.run.load import build_run_model, evaluate_with, load_trained, shot_metrics
 from lpt.run.validation import Validation
 from lpt.utils import log, resolve_device, set_threads
 
@@ -212,9 +212,8 @@ def _phase_stream(run: _Training, method: Method, pcfg) -> TrainStream:
     loader workers or pinned memory)."""
     cfg, env = run.cfg, run.env
     if method.features:
-        out = evaluate(run.model, with_transform(run.splits.train, build_transform(cfg.data, train=False)), features,
-                       device=env.device, batch_size=cfg.eval_batch_size, precision=cfg.precision,
-                       num_workers=cfg.data.num_workers, progress=cfg.progress, desc="features")
+        out = evaluate_with(cfg, run.model, with_eval_transform(run.splits.train, cfg.data), features,
+                            device=env.device, desc="features")  # every rank all of them: no dist
         train_set = FeatureDataset(torch.from_numpy(out["feature"]), run.splits.train.targets)
     else:
         train_set = with_transform(run.splits.train, build_transform(cfg.data, train=True, normalize=False))
@@ -238,7 +237,7 @@ def _phase_summary(model: LPT, metrics: dict, records: list[dict]) -> dict:
 
 def _write_results(run: _Training, started: float) -> None:
     """Main process, once every phase is trained: metrics.json, run.json, predictions.npz, and the resumable
-    state marked finished (so a second --resume is refused). Reports are written by the caller (lpt.commands)."""
+    state marked finished (so a second --resume is refused). Reports are written by the caller (lpt.cli)."""
     files.write_metrics(run.out_dir, run.metrics)
     files.write_run_info(run.out_dir, {
         "lpt_version": __version__, "method": run.cfg.method, "backbone": run.identity.to_dict(),
