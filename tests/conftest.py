@@ -67,3 +67,39 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+CLIP_DIM, CLIP_EMBED = 32, 16  # the tiny CLIP's image width and joint-space size
+TINY_CLIP_CONFIG = {  # an open_clip model config: a 2-block ViT image tower and a 2-block text tower
+    "embed_dim": CLIP_EMBED,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": CLIP_DIM, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> dict:
+    """A random open_clip CLIP saved as one checkpoint, as a released CLIP is, and the overrides that make a config
+    use it: the image tower as timm's CLIP ViT (timm's own filter converts it), the text tower through open_clip."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("clip")
+    config = folder / "tiny-clip.json"
+    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-clip")
+    with torch.no_grad():
+        model.logit_scale.fill_(2.5)  # not CLIP's initial log(1 / 0.07), so that a scale read from elsewhere shows
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "clip.safetensors")
+    overrides = [
+        "model.backbone=vit_base_patch16_clip_224.openai", "model.pretrained=false", "model.split_block=1",
+        f"model.checkpoint={folder / 'clip.safetensors'}", f"model.text={config}", "model.text_pretrained=",
+        f"model.backbone_args={{img_size: 32, patch_size: 8, depth: 2, embed_dim: {CLIP_DIM}, num_heads: 2, "
+        f"num_classes: {CLIP_EMBED}}}",
+    ]
+    return {"model": model.eval(), "checkpoint": folder / "clip.safetensors", "config": config,
+            "overrides": overrides}

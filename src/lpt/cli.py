@@ -106,6 +106,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lpt.analysis.report import fmt
     from lpt.run.load import evaluate_run
 
+    if args.zero_shot:
+        return _zero_shot(args)
+    if not args.run:
+        raise ConfigError("lpt eval needs --run RUN_DIR, or --zero-shot --config PRESET for zero-shot CLIP")
+    if args.config or args.out or args.overrides:
+        raise ConfigError("--config, --out and key=value overrides go with --zero-shot; a run is evaluated with "
+                          "--run RUN_DIR and --data key=value")
+
     metrics = evaluate_run(args.run, [f"data.{o}" if not o.startswith("data.") else o for o in args.data or []],
                            device=args.device, tta=args.tta)
     if args.json:
@@ -115,6 +123,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(shot_table({f"{args.run} (phase {metrics['phase']}{tta})": metrics}))
         print("official shot rule: " + ", ".join(f"{k} {fmt(v)}" for k, v in metrics["official"].items()))
     return 0
+
+
+def _zero_shot(args: argparse.Namespace) -> int:
+    """``lpt eval --zero-shot``: CLIP's own classifier on a config's data, written as a run (method zeroshot)."""
+    from lpt.methods import check_config
+    from lpt.methods.zeroshot import ZERO_SHOT_OVERRIDES
+
+    if not args.config or args.run:
+        raise ConfigError("lpt eval --zero-shot needs --config PRESET_OR_YAML (a CLIP preset, e.g. "
+                          "lift_clip_places_lt) and no --run")
+    cfg = check_config(load_config(args.config, ZERO_SHOT_OVERRIDES + args.overrides))
+    out = Path(args.out) if args.out else _default_out(f"{Path(args.config).stem}-zeroshot")
+    return _run_interruptible([(cfg, out)], "zero-shot test accuracy %:")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -293,13 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("eval", help="reload a run and evaluate it")
-    p.add_argument("--run", required=True, help="run directory")
+    p = sub.add_parser("eval", help="reload a run and evaluate it, or evaluate zero-shot CLIP (--zero-shot)")
+    p.add_argument("--run", help="run directory")
     p.add_argument("--data", nargs="+", metavar="key=value", help="data overrides, e.g. test_list=val.txt root=/data")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.add_argument("--tta", choices=["none", "flip", "crops"],
                    help="test-time ensembling instead of the run's (config key tta; crops: LIFT's five crops)")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="CLIP's own classifier (the class names' text embeddings, model.text) on --config's data, "
+                        "written as a run directory (--out) with the shot table")
+    p.add_argument("--config", help="with --zero-shot: preset or YAML file (a CLIP one: model.text)")
+    p.add_argument("--out", help="with --zero-shot: run directory (default runs/<config>-zeroshot-<time>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="with --zero-shot: dotted config overrides")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes of images with a trained run")

@@ -37,6 +37,7 @@ class DataConfig:
     train_dir: str = "train"  # source=folder: subfolder of root holding the training classes
     test_dir: str = "val"  # source=folder: subfolder of root holding the evaluation classes
     class_index: str = ""  # optional "folder_name label" file mapping class folders to labels (ImageNet-Sketch)
+    class_names: str = ""  # readable class names for text prompts (model.text), one a line in label order
     download: bool = False  # fashion_mnist / cifar100: fetch through torchvision when missing
     imbalance_ratio: float = 1.0  # > 1: subsample training set to n_i = n_max * ratio^(-i/(C-1))
     max_per_class: int = 0  # n_max of the long-tail profile; 0 = size of the largest class
@@ -68,12 +69,16 @@ class ModelConfig:
     top_k: int = 2  # k, groups selected per image
     feature_dropout: float = 0.1  # dropout on the feature before the classifier, in training
     head: str = "cosine"  # cosine | linear
-    head_init: str = "random"  # random | class_mean | linear_probe: from the training features (LIFT's)
+    head_init: str = "random"  # random | class_mean | linear_probe: from the training features | text: class names
     prompt_depth: str = "deep"  # deep (a prompt per block, keys/values only) | shallow (VPT-Shallow: tokens at input)
     query: str = "shared"  # phase-2 query function: shared (the phase-1 prompted ViT) | plain (the ViT alone)
     layer_norm_eps: float = 0.0  # > 0 overrides the backbone's LayerNorm eps (official LPT checkpoints: 1e-5)
     peft: list[str] = field(default_factory=list)  # modules put into the blocks: bitfit ln lora ssf adapter adaptformer
     peft_dim: int = 0  # bottleneck width / LoRA rank of model.peft; 0 = LIFT's rule, 2 ** int(log2(C / 2L))
+    text: str = ""  # open_clip model (ViT-B-16) or model-config .json whose text tower embeds the class names
+    text_pretrained: str = ""  # open_clip weights tag (openai) or file of model.text; "" = model.checkpoint's
+    templates: str = "single"  # prompts per class: single ("a photo of a {}.") | ensemble (CLIP's 80 ImageNet ones)
+    projection: bool = False  # classify in CLIP's joint space, through the image tower's frozen projection
 
 
 @dataclass
@@ -142,7 +147,8 @@ class Config:
 CHOICES = {
     "data.source": ("fashion_mnist", "cifar100", "list", "inat_json", "folder"),
     "model.head": ("cosine", "linear"),
-    "model.head_init": ("random", "class_mean", "linear_probe"),
+    "model.head_init": ("random", "class_mean", "linear_probe", "text"),
+    "model.templates": ("single", "ensemble"),
     "model.prompt_depth": ("deep", "shallow"),
     "model.query": ("shared", "plain"),
     "data.train_aug": ("rrc_flip", "crop_flip", "none"),
@@ -175,7 +181,7 @@ def validate(cfg: Config) -> Config:
         value = get_value(cfg, key)
         if value not in allowed:
             raise ConfigError(f"config key '{key}' is {value!r}; expected one of {', '.join(allowed)}")
-    if not cfg.phases or any(p not in PHASES for p in cfg.phases):
+    if any(p not in PHASES for p in cfg.phases):
         raise ConfigError(f"config key 'phases' is {cfg.phases!r}; expected a list drawn from {', '.join(PHASES)}")
     if cfg.phases != sorted(set(cfg.phases), key=PHASES.index):
         raise ConfigError(f"config key 'phases' is {cfg.phases!r}; phases run once each, phase1 before phase2")
@@ -222,7 +228,18 @@ def validate(cfg: Config) -> Config:
                           "test split is never used to choose a checkpoint")
     _validate_data(cfg.data)
     _validate_loss(cfg.loss)
+    _validate_text(m)
     return cfg
+
+
+def _validate_text(m: ModelConfig) -> None:
+    """The keys that need a text tower (model.text) have one."""
+    if m.head_init == "text" and not m.text:
+        raise ConfigError("config key 'model.head_init' is 'text' but model.text names no text tower; set "
+                          "model.text to an open_clip model such as ViT-B-16 (a CLIP preset sets it)")
+    if m.projection and not m.text:
+        raise ConfigError("config key 'model.projection' is true but model.text names no text tower: the "
+                          "projection leads into a CLIP joint space; set model.text (a CLIP preset sets it)")
 
 
 def _validate_loss(lc: LossConfig) -> None:

@@ -18,7 +18,6 @@ from lpt.config import DataConfig
 from lpt.data import ImageDataset, build_transform, with_transform
 from lpt.distributed import DistContext
 from lpt.model.lpt import LPT
-from lpt.model.prompted_vit import embed, plain_blocks, pooled_feature
 from lpt.utils import autocast
 
 Outputs = Callable[[LPT, torch.Tensor], dict[str, torch.Tensor]]
@@ -83,7 +82,7 @@ def features(model: LPT, images: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 FEATURE_SOURCES: dict[str, Callable[[LPT, torch.Tensor], torch.Tensor]] = {
-    "plain": lambda model, x: pooled_feature(model.backbone, plain_blocks(model.backbone, embed(model.backbone, x))),
+    "plain": lambda model, x: model.plain_feature(x),
     "phase1": lambda model, x: model.phase1_feature(x),
     "phase2": lambda model, x: model.forward_features(x)["feature"],
 }

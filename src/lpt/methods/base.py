@@ -72,6 +72,8 @@ class Method(nn.Module):
     @classmethod
     def check(cls, cfg: Config) -> None:
         """Refuse settings this method cannot run with; raise ConfigError naming the key."""
+        if cls.phases and not cfg.phases:
+            raise ConfigError(f"config key 'phases' is []; method '{cls.name}' trains {', '.join(cls.phases)}")
         if len(cls.phases) == 1 and cfg.phases != list(cls.phases):
             raise ConfigError(f"method '{cls.name}' has one stage: set phases=[{cls.phases[0]}] "
                               f"(its optimisation settings are the '{cls.phases[0]}' section)")

@@ -55,11 +55,18 @@ def weights_fingerprint(module: nn.Module) -> str:
 
 
 def check_vit_layout(model: nn.Module, name: str = "backbone") -> None:
-    """Refuse models whose blocks lpt cannot prompt (prompting calls the block's own submodules)."""
+    """Refuse models whose blocks lpt cannot prompt (prompting calls the block's own submodules).
+
+    Any pooling of timm's VisionTransformer works (class token, average, SigLIP's attention pool): the
+    feature is timm's own ``forward_head``, and prompts are keys and values only, never pooled.
+    """
     if not isinstance(model, VisionTransformer):
-        raise BackboneError(f"{name}: expected a timm VisionTransformer, got {type(model).__name__}")
-    if model.cls_token is None:
-        raise BackboneError(f"{name}: LPT needs a class token; this ViT has none (class_token=False)")
+        raise BackboneError(f"{name}: expected a timm VisionTransformer, got {type(model).__name__} (EVA, Swin and "
+                            "other families have their own blocks, which lpt cannot prompt)")
+    head = model.get_classifier()
+    if not isinstance(head, (nn.Linear, nn.Identity)):
+        raise BackboneError(f"{name}: its head is {type(head).__name__}; lpt keeps a backbone head only as a linear "
+                            "projection (CLIP's)")
     for i, block in enumerate(model.blocks):
         if type(block) is not Block or type(block.attn) is not Attention:
             raise BackboneError(
@@ -101,6 +108,7 @@ def backbone_geometry(name: str, **kwargs: Any) -> tuple[int, tuple[int, int] | 
     if not timm.is_model(arch):
         raise BackboneError(f"unknown backbone '{name}'; see timm.list_models('vit_*') for valid names, "
                             f"or the bundled {', '.join(BUNDLED)}")
+    kwargs.pop("num_classes", None)  # a kept head (CLIP's projection) changes nothing here
     try:
         with torch.device("meta"):
             model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
@@ -133,9 +141,10 @@ def _weights_source(name: str, bundle, checkpoint: str, pretrained: bool) -> tup
 
 
 def create_backbone(
-    name: str, pretrained: bool = True, checkpoint: str = "", layer_norm_eps: float = 0.0, **kwargs: Any
+    name: str, pretrained: bool = True, checkpoint: str = "", layer_norm_eps: float = 0.0, keep_head: bool = False,
+    **kwargs: Any
 ) -> tuple[VisionTransformer, BackboneIdentity]:
-    """Build a frozen, headless timm ViT and its identity.
+    """Build a frozen timm ViT, headless unless ``keep_head``, and its identity.
 
     Args:
         name: timm model name, ideally with its weights tag (``vit_base_patch16_224.augreg_in21k``), or
@@ -145,6 +154,8 @@ def create_backbone(
         checkpoint: local weights file (.safetensors, .pth, .npz); takes precedence over ``pretrained``
             and over a bundled name's weights.
         layer_norm_eps: > 0 sets the eps of every LayerNorm after creation; 0 keeps timm's.
+        keep_head: keep the head timm's pretrained configuration gives the name (or ``num_classes`` in
+            ``kwargs``): for a CLIP image tower, its projection into the joint space with the text embeddings.
         **kwargs: passed to ``timm.create_model`` (img_size, patch_size, embed_dim, depth, ...).
     """
     bundle = bundled_backbone(name)
@@ -162,8 +173,8 @@ def create_backbone(
         raise BackboneError(f"layer_norm_eps is {layer_norm_eps}; expected 0 (timm's default) or a positive number")
     path, source = _weights_source(name, bundle, checkpoint, pretrained)
     try:
-        model = timm.create_model(arch if bundle is not None else name, num_classes=0,
-                                  pretrained=pretrained and path is None, **kwargs)
+        model = timm.create_model(arch if bundle is not None else name, pretrained=pretrained and path is None,
+                                  **({} if keep_head else {"num_classes": 0}), **kwargs)
         if path is not None:
             load_weights_file(model, path)
     except (RuntimeError, OSError, TypeError, KeyError, ValueError) as exc:

@@ -18,7 +18,7 @@ def build_model(m: ModelConfig, num_classes: int, seed: int, train_backbone: boo
     """
     seed_everything(seed)
     backbone, identity = create_backbone(m.backbone, m.pretrained, m.checkpoint, layer_norm_eps=m.layer_norm_eps,
-                                         **m.backbone_args)
+                                         keep_head=bool(m.text), **m.backbone_args)
     return build_lpt(backbone, m, num_classes, train_backbone), identity
 
 
@@ -26,7 +26,7 @@ def build_lpt(backbone: VisionTransformer, m: ModelConfig, num_classes: int, tra
     """LPT's prompts and classifier around a backbone already built (``build_model``, or an official checkpoint's)."""
     return LPT(backbone, num_classes, prompt_len=m.prompt_len, pool_size=m.pool_size, split_block=m.split_block,
                top_k=m.top_k, feature_dropout=m.feature_dropout, head=m.head, prompt_depth=m.prompt_depth,
-               query=m.query, train_backbone=train_backbone, peft=m.peft, peft_dim=m.peft_dim)
+               query=m.query, train_backbone=train_backbone, peft=m.peft, peft_dim=m.peft_dim, projection=m.projection)
 
 
 def check_fits(m: ModelConfig, img_size: int) -> None:

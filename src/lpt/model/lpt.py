@@ -39,12 +39,13 @@ class GroupPromptPool(nn.Module):
         prompt_len: tokens per block.
         dim: D.
         top_k: groups selected per image.
+        key_dim: size of the query the keys are compared with (D, or CLIP's joint space with a projection).
     """
 
-    def __init__(self, pool_size: int, num_blocks: int, prompt_len: int, dim: int, top_k: int):
+    def __init__(self, pool_size: int, num_blocks: int, prompt_len: int, dim: int, top_k: int, key_dim: int):
         super().__init__()
         self.prompts = _trunc_normal(pool_size, num_blocks, prompt_len, dim)
-        self.keys = _trunc_normal(pool_size, dim)
+        self.keys = _trunc_normal(pool_size, key_dim)
         self.top_k = top_k
 
     def select(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +84,8 @@ class LPT(nn.Module):
         peft: parameter-efficient modules put into the backbone's blocks (``lpt.model.peft``); they train in
             every phase, beside the prompts and the classifier.
         peft_dim: their bottleneck / LoRA rank; 0: LIFT's rule from C and the depth.
+        projection: every feature (the classifier's input, the phase-2 query) is the pooled feature through the
+            backbone's own head, frozen: a CLIP image tower's projection into the joint space with the text.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class LPT(nn.Module):
         train_backbone: bool = False,
         peft: list[str] | None = None,
         peft_dim: int = 0,
+        projection: bool = False,
     ):
         super().__init__()
         depth, dim = len(backbone.blocks), backbone.embed_dim
@@ -115,9 +119,13 @@ class LPT(nn.Module):
         self.shallow = prompt_depth == "shallow"
         self.plain_query = query == "plain"
         self.train_backbone = train_backbone
+        if projection and not isinstance(backbone.get_classifier(), nn.Linear):
+            raise ValueError("projection needs a backbone that kept a linear head (a CLIP image tower's projection)")
+        self.projection = projection
+        feature_dim = backbone.get_classifier().out_features if projection else dim
         self.shared_prompt = _trunc_normal(1 if self.shallow else depth, prompt_len, dim)
-        self.pool = GroupPromptPool(pool_size, depth - split_block, prompt_len, dim, top_k)
-        self.head = HEADS[head](dim, num_classes)
+        self.pool = GroupPromptPool(pool_size, depth - split_block, prompt_len, dim, top_k, feature_dim)
+        self.head = HEADS[head](feature_dim, num_classes)
         self.dropout = nn.Dropout(feature_dropout)
         self.phase = 1
         self.set_phase(1)
@@ -162,6 +170,10 @@ class LPT(nn.Module):
                 parts[part] = parts.get(part, 0) + p.numel()
         return parts
 
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature of tokens ``[B, N, D]``: timm's final norm and pooling, then the projection if any."""
+        return pooled_feature(self.backbone, x, project=self.projection)
+
     def _shared_pass(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens after block K and after all L blocks, with the (deep) shared prompt."""
         k = self.split_block
@@ -172,14 +184,16 @@ class LPT(nn.Module):
         """Feature of the phase-1 model ``[B, D]``: final norm at the class token after L blocks with
         the shared prompt (deep or shallow)."""
         if self.shallow:
-            return shallow_prompt_forward(self.backbone, images, self.shared_prompt[0])
-        return pooled_feature(self.backbone, self._shared_pass(images)[1])
+            return shallow_prompt_forward(self.backbone, images, self.shared_prompt[0], project=self.projection)
+        return self._pool(self._shared_pass(images)[1])
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         """Phase-2 query ``[B, D]``: the phase-1 feature, or the plain ViT's feature with ``query='plain'``."""
-        if self.plain_query:
-            return pooled_feature(self.backbone, plain_blocks(self.backbone, embed(self.backbone, images)))
-        return self.phase1_feature(images)
+        return self.plain_feature(images) if self.plain_query else self.phase1_feature(images)
+
+    def plain_feature(self, images: torch.Tensor) -> torch.Tensor:
+        """The feature of the backbone without prompts (with its PEFT modules and projection, if any)."""
+        return self._pool(plain_blocks(self.backbone, embed(self.backbone, images)))
 
     def _group_pass(self, h_k: torch.Tensor, group_prompts: torch.Tensor, shared_kv: list[PromptKV]) -> torch.Tensor:
         """Blocks K+1..L again from ``h_k``, each with the shared prompt's keys/values (computed once, for
@@ -187,7 +201,7 @@ class LPT(nn.Module):
         x, k = h_k, self.split_block
         for i, block in enumerate(self.backbone.blocks[k:]):
             x = block_forward(block, x, shared_kv[i], prompt_kv(block, group_prompts[:, i]))
-        return pooled_feature(self.backbone, x)
+        return self._pool(x)
 
     def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Feature of the current phase; in phase 2 also the query, selected groups and their key cosines.
@@ -209,7 +223,7 @@ class LPT(nn.Module):
                 x = h_k
                 for block, kv in zip(vit.blocks[k:], shared_kv):
                     x = block_forward(block, x, kv)
-                q = pooled_feature(vit, x)
+                q = self._pool(x)
         groups, key_sim = self.pool.select(q)
         feature = self._group_pass(h_k, self.pool.ensemble(groups), shared_kv)
         return {"feature": feature, "query": q, "groups": groups, "key_sim": key_sim}

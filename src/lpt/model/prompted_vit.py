@@ -74,9 +74,10 @@ def plain_blocks(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def pooled_feature(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """Final norm and timm's own pooling (class token for the standard ViT): ``[B, N, D] -> [B, D]``."""
-    return vit.forward_head(vit.norm(x), pre_logits=True)
+def pooled_feature(vit: VisionTransformer, x: torch.Tensor, project: bool = False) -> torch.Tensor:
+    """Final norm and timm's own pooling (class token for the standard ViT): ``[B, N, D] -> [B, D]``; with
+    ``project``, then the ViT's head (a CLIP image tower's projection into the joint space): ``[B, E]``."""
+    return vit.forward_head(vit.norm(x), pre_logits=not project)
 
 
 def deep_prompt_blocks(
@@ -95,7 +96,8 @@ def deep_prompt_blocks(
     return x
 
 
-def shallow_prompt_forward(vit: VisionTransformer, images: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+def shallow_prompt_forward(vit: VisionTransformer, images: torch.Tensor, prompt: torch.Tensor,
+                           project: bool = False) -> torch.Tensor:
     """VPT-Shallow: prompt tokens ``[P, D]`` inserted after the class token once and carried through
     every block as ordinary tokens (their outputs feed the next block, so they cannot be keys/values
     only); dropped before pooling. Returns the pooled feature ``[B, D]``."""
@@ -104,4 +106,4 @@ def shallow_prompt_forward(vit: VisionTransformer, images: torch.Tensor, prompt:
     x = torch.cat([x[:, :npt], prompt[None].expand(x.shape[0], -1, -1), x[:, npt:]], dim=1)
     x = plain_blocks(vit, x)
     x = torch.cat([x[:, :npt], x[:, npt + prompt.shape[0]:]], dim=1)
-    return pooled_feature(vit, x)
+    return pooled_feature(vit, x, project)

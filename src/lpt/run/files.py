@@ -14,6 +14,8 @@
 ``train.log``, ``tensorboard/``, ``bad_images.txt`` (with ``data.skip_bad_images``)
 ``best_val.safetensors`` while a phase runs with ``select: best_val``: its best validation epoch so far
 ``backbone.safetensors`` an imported official run's ViT (``model.checkpoint`` names it relatively)
+``text_embeddings.safetensors`` with ``model.head_init: text``: the class names' CLIP text embeddings
+                   the classifier started from, with the prompts' names, templates and text tower
 ================== =========================================================================
 
 Reports (``report.*``) and analyses (``analysis*``) are written later by ``lpt report`` and
@@ -48,6 +50,7 @@ CONFIG, CLASSES, METRICS, METRICS_LOG = "config.yaml", "classes.json", "metrics.
 RUN_INFO, CHECKPOINT, RESUME = "run.json", "model.safetensors", "resume.safetensors"
 PREDICTIONS, BACKBONE, BEST_VAL = "predictions.npz", "backbone.safetensors", "best_val.safetensors"
 TRAIN_LOG, TENSORBOARD, BAD_IMAGES, LOCK = "train.log", "tensorboard", "bad_images.txt", ".lock"
+TEXT_EMBEDDINGS = "text_embeddings.safetensors"
 
 
 # ----------------------------------------------------------------------------- claiming a directory
@@ -170,6 +173,18 @@ def truncate_records(run_dir: Path, keep: int) -> None:
 def write_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """model.safetensors: what was trained, with ``phase``, ``num_classes``, ``backbone`` (identity) and ``model``."""
     save_tensors(run_dir / CHECKPOINT, tensors, meta)
+
+
+def write_text_embeddings(run_dir: Path, embeddings: torch.Tensor, meta: dict[str, Any]) -> None:
+    """text_embeddings.safetensors: the class names' unit-norm text embeddings ``[C, E]`` (tensor ``embeddings``) and
+    what made them (``names``, ``templates``, ``text``, ``text_pretrained``, ``logit_scale``)."""
+    save_tensors(run_dir / TEXT_EMBEDDINGS, {"embeddings": embeddings}, meta)
+
+
+def read_text_embeddings(run_dir: Path) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The class names' text embeddings of a run that started its classifier from them, and their metadata."""
+    tensors, meta = read_tensors(Path(run_dir) / TEXT_EMBEDDINGS)
+    return tensors["embeddings"], meta
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:

@@ -86,6 +86,7 @@ class _Training:
     metrics: dict | None
     val: Any = None
     outputs: dict | None = None
+    text: dict | None = None  # head_init=text: the class names' embeddings, for text_embeddings.safetensors
 
     def save(self, index: int, phase_position: dict | None, **extra: Any) -> None:
         """Write the resumable state (main process): resume at phase ``index``, at ``phase_position`` within it."""
@@ -129,13 +130,15 @@ def _set_up(cfg: Config, out_dir: Path, resume: bool, env: Env) -> _Training:
     elif cfg.init:  # phase 1's tensors only: group prompts and keys start fresh, whatever m or k the run uses
         load_trained(model, identity, Path(cfg.init), skip=(GROUP_PROMPTS,))
     model.to(env.device)
+    text = None
     if state is None and not cfg.init and cfg.model.head_init != "random":
-        init_head(model, splits, cfg, env)
+        text = init_head(model, splits, cfg, env)
     if cfg.compile:
         model.compile_forwards()
     start = state[1] if state is not None else {"phase_index": 0, "phase": None, "summary": {}, "jsonl_lines": 0}
     return _Training(cfg, out_dir, env, splits, model, identity, start, resumed=state is not None,
-                     summary=dict(start["summary"]), metrics=start.get("metrics"), val=build_val_dataset(cfg.data))
+                     summary=dict(start["summary"]), metrics=start.get("metrics"), val=build_val_dataset(cfg.data),
+                     text=text)
 
 
 def _read_resume(out_dir: Path):
@@ -156,6 +159,8 @@ def _open_run_dir(run: _Training) -> tuple[logging.Handler, TensorBoardLog]:
     handler = files.open_train_log(out_dir)
     tensorboard = TensorBoardLog(str(out_dir / files.TENSORBOARD))
     files.write_setup(out_dir, run.cfg, splits.classes, splits.train_counts)
+    if run.text is not None:
+        files.write_text_embeddings(out_dir, run.text["embeddings"], run.text["meta"])
     if run.cfg.data.skip_bad_images:  # the scan ran in build_datasets; list what it dropped
         listed = files.write_bad_images(out_dir, [b.line() for b in splits.bad_images])
         log.log(logging.WARNING if splits.bad_images else logging.INFO,
@@ -167,6 +172,9 @@ def _open_run_dir(run: _Training) -> tuple[logging.Handler, TensorBoardLog]:
 def _run_phases(run: _Training, stop: StopRequest, tensorboard: TensorBoardLog | None) -> None:
     """Train, in order, the phases the run has not finished (a resumed run skips those before its start)."""
     method = get_method(run.cfg.method)(run.cfg, run.splits.train_counts).to(run.env.device)
+    if not run.cfg.phases and run.start["phase_index"] == 0:  # a method that trains nothing: the model as built
+        run.model.requires_grad_(False)
+        _finish_phase(run, 0, method.name, [], None)
     for index, phase in enumerate(run.cfg.phases):
         if index >= run.start["phase_index"]:
             _run_phase(run, method, index, phase, stop, tensorboard)
@@ -191,7 +199,14 @@ def _run_phase(run: _Training, method: Method, index: int, phase: str, stop: Sto
                       resume=run.start["phase"] if index == run.start["phase_index"] else None)
     records = PhaseTrainer(model, method, phase, _phase_stream(run, method, pcfg), pcfg, env, desc=phase,
                            cadence=cadence, on_epoch_end=on_epoch_end).run()
-    selected = validation.finish()
+    _finish_phase(run, index, phase, records, validation.finish())
+    validation.cleanup()
+
+
+def _finish_phase(run: _Training, index: int, phase: str, records: list[dict], selected: dict | None) -> None:
+    """Evaluate the model a phase left, record its summary, then save its checkpoint and a resumable state that
+    starts at the next phase."""
+    cfg, model, env = run.cfg, run.model, run.env
     run.metrics, run.outputs = shot_metrics(model, run.splits.test, run.splits.train_counts, cfg, env.device,
                                             env.dist, f"eval {phase}")
     run.summary[phase] = _phase_summary(model, run.metrics, records) | ({"selected": selected} if selected else {})
@@ -203,7 +218,6 @@ def _run_phase(run: _Training, method: Method, index: int, phase: str, stop: Sto
                 "backbone": run.identity.to_dict(), "model": to_dict(cfg)["model"]}
         files.write_checkpoint(run.out_dir, model.trained_tensors(), meta)
     run.save(index + 1, None)
-    validation.cleanup()
 
 
 def _phase_stream(run: _Training, method: Method, pcfg) -> TrainStream:
