@@ -186,3 +186,11 @@ def test_wordnet_ids_are_refused_with_a_way_out(tmp_path):
     cfg.class_names = str(tmp_path / "short.txt")
     with pytest.raises(ConfigError, match="short.txt: 1 class names; the data has 2 classes"):
         prompt_names(cfg, ["a", "b"])
+
+
+def test_an_untagged_clip_backbone_is_refused_before_anything_loads(tiny_clip, tiny_fmnist):
+    from lpt.model.build import check_fits
+
+    cfg = clip_config(tiny_clip, tiny_fmnist, "model.backbone=vit_base_patch16_clip_224")
+    with pytest.raises(ConfigError, match="without a weights tag.*vit_base_patch16_clip_224.openai"):
+        check_fits(cfg.model, cfg.data.img_size)

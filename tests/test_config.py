@@ -184,9 +184,16 @@ def test_phase2_alone_needs_init():
     assert from_dict(apply_overrides({}, ["phases=[phase2]", "init=runs/p1"])).phases == ["phase2"]
 
 
-@pytest.mark.parametrize("phases", ["[phase2, phase1]", "[phase1, phase1]", "[]", "[phase3]"])
+@pytest.mark.parametrize("phases", ["[phase2, phase1]", "[phase1, phase1]", "[phase3]"])
 def test_bad_phase_lists(phases):
     assert "phases" in config_error([f"phases={phases}", "init=runs/p1"])
+
+
+def test_no_phases_only_for_a_method_that_trains_nothing():
+    from lpt.methods import check_config
+
+    with pytest.raises(ConfigError, match=r"'phases' is \[\]; method 'lpt' trains phase1, phase2"):
+        check_config(from_dict(apply_overrides({}, ["phases=[]"])))
 
 
 def test_override_without_equals():

@@ -148,3 +148,45 @@ def test_gradients_reach_only_prompts_keys_and_classifier(phase):
         assert torch.equal(v, before[k]), k
     changed = {k for k, v in model.trained_tensors().items() if not torch.equal(v, trained[k])}
     assert changed == expected
+
+
+# ----------------------------------------------------------------------------- foundation towers through timm
+
+FOUNDATION = {  # timm name -> small random architecture of the same family
+    "vit_base_patch16_clip_224.openai": {"img_size": 32, "patch_size": 8},  # pre-norm, class token, projection head
+    "vit_small_patch14_reg4_dinov2.lvd142m": {"img_size": 28, "patch_size": 14},  # registers, LayerScale
+    "vit_base_patch16_siglip_224.v2_webli": {"img_size": 32, "patch_size": 8},  # no class token, attention pooling
+}
+
+
+@pytest.mark.parametrize("name", FOUNDATION)
+def test_zero_length_prompts_reproduce_foundation_towers(name):
+    from lpt.model import create_backbone
+
+    torch.manual_seed(0)
+    vit, _ = create_backbone(name, pretrained=False, keep_head=True, embed_dim=32, depth=2, num_heads=2,
+                             **FOUNDATION[name])
+    with torch.no_grad():  # nonzero weights everywhere (LayerScale starts at 1e-5, timm zero-inits some biases)
+        for p in vit.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    images = torch.randn(3, 3, vit.patch_embed.img_size[0], vit.patch_embed.img_size[1])
+    x = deep_prompt_blocks(vit, embed(vit, images), torch.zeros(2, 0, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(pooled_feature(vit, x), vit.forward_head(vit.forward_features(images),
+                                                                            pre_logits=True), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pooled_feature(vit, x, project=True), vit(images), atol=1e-5, rtol=1e-5)
+    lpt = LPT(vit, num_classes=5, prompt_len=3, pool_size=4, split_block=1, top_k=2).eval()
+    lpt.set_phase(2)
+    assert lpt(images).shape == (3, 5)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("eva02_tiny_patch14_224.mim_in22k", "expected a timm VisionTransformer, got Eva"),
+    ("vit_small_patch16_18x2_224", "block 0 is ParallelThingsBlock"),
+])
+def test_towers_with_other_blocks_are_refused_in_one_line(name, message):
+    from lpt.model import BackboneError, create_backbone
+
+    with pytest.raises(BackboneError, match=message) as exc:
+        create_backbone(name, pretrained=False, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    assert "\n" not in str(exc.value)

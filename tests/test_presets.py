@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import CLIP_EMBED
+
 from lpt.config import load_config, preset_names
 from lpt.methods import REGISTRY
 from lpt.model.peft import bottleneck_dim
@@ -23,7 +25,7 @@ from lpt.model.peft import bottleneck_dim
 BENCHMARKS = {  # preset -> classes of its benchmark
     "places_lt": 365, "imagenet_lt": 1000, "inat2018": 8142, "cifar100_lt": 100,
     "vpt_deep_places_lt": 365, "vpt_shallow_places_lt": 365, "linear_places_lt": 365, "full_places_lt": 365,
-    **{f"{recipe}_{name}": classes for recipe in ("lift", "lpt_adaptformer")
+    **{f"{recipe}_{name}": classes for recipe in ("lift", "lpt_adaptformer", "lift_clip", "lpt_clip")
        for name, classes in (("places_lt", 365), ("imagenet_lt", 1000), ("inat2018", 8142), ("cifar100_lt", 100))},
 }
 LPT_PRESETS = ("places_lt", "imagenet_lt", "inat2018", "cifar100_lt")
@@ -170,11 +172,12 @@ def expected_trainable(cfg, classes: int, backbone_params: int) -> dict[str, int
     """Trainable parameters of each stage, from the method's definition."""
     m = cfg.model
     r = bottleneck_dim(classes, DEPTH)  # AdaptFormer a block: LayerNorm 2D, down D r + r, up r D + D, scale 1
-    head = classes * DIM + (classes if m.head == "linear" else 0) + (
+    feature = CLIP_EMBED if m.projection else DIM  # CLIP's joint space: the classifier's input and the keys
+    head = classes * feature + (classes if m.head == "linear" else 0) + (
         DEPTH * (2 * DIM + DIM * r + r + r * DIM + DIM + 1) if m.peft == ["adaptformer"] else 0)
     if cfg.method == "lpt":
         return {"phase1": DEPTH * m.prompt_len * DIM + head,
-                "phase2": m.pool_size * ((DEPTH - m.split_block) * m.prompt_len * DIM + DIM) + head}
+                "phase2": m.pool_size * ((DEPTH - m.split_block) * m.prompt_len * DIM + feature) + head}
     if cfg.method == "vpt":
         return {"phase1": (1 if m.prompt_depth == "shallow" else DEPTH) * m.prompt_len * DIM + head}
     return {"phase1": head + (backbone_params if cfg.method == "full" else 0)}
@@ -195,12 +198,13 @@ def two_steps(monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
-def test_preset_trains_two_steps_on_generated_data(name, image_root, tmp_path, two_steps):
+def test_preset_trains_two_steps_on_generated_data(name, image_root, tmp_path, two_steps, request):
     from lpt.run.train import train
 
     data, n_train = generated_data(name, image_root, tmp_path)
     assert n_train >= STEPS * BATCH
-    cfg = load_config(name, [*TINY_VIT, *data, f"phase1.batch_size={BATCH}", f"phase2.batch_size={BATCH}"])
+    clip = request.getfixturevalue("tiny_clip")["overrides"] if load_config(name).model.text else []
+    cfg = load_config(name, [*TINY_VIT, *clip, *data, f"phase1.batch_size={BATCH}", f"phase2.batch_size={BATCH}"])
     train(cfg, tmp_path / "run")
 
     classes = BENCHMARKS[name]

@@ -68,11 +68,10 @@ def check_vit_layout(model: nn.Module, name: str = "backbone") -> None:
         raise BackboneError(f"{name}: its head is {type(head).__name__}; lpt keeps a backbone head only as a linear "
                             "projection (CLIP's)")
     for i, block in enumerate(model.blocks):
-        if type(block) is not Block or type(block.attn) is not Attention:
-            raise BackboneError(
-                f"{name}: block {i} is {type(block).__name__} with {type(block.attn).__name__}; "
-                "lpt supports timm's standard Block with Attention"
-            )
+        attn = getattr(block, "attn", None)
+        if type(block) is not Block or type(attn) is not Attention:
+            raise BackboneError(f"{name}: block {i} is {type(block).__name__} with {type(attn).__name__}; "
+                                "lpt supports timm's standard Block with Attention")
 
 
 def set_layer_norm_eps(module: nn.Module, eps: float) -> None:
@@ -192,13 +191,6 @@ def create_backbone(
     if source == "bundled" and fingerprint != bundle.fingerprint:
         raise BackboneError(f"backbone '{name}': {path} has fingerprint {fingerprint}, its card says "
                             f"{bundle.fingerprint}; the file is damaged or was replaced: reinstall lpt")
-    identity = BackboneIdentity(
-        name=name,
-        source=source,
-        checkpoint=str(checkpoint),
-        pretrained_tag=(getattr(model, "pretrained_cfg", {}).get("tag", "") or "") if source == "timm-pretrained"
-        else "",
-        fingerprint=fingerprint,
-        args=dict(kwargs),
-    )
-    return model, identity
+    tag = (getattr(model, "pretrained_cfg", {}).get("tag", "") or "") if source == "timm-pretrained" else ""
+    return model, BackboneIdentity(name=name, source=source, checkpoint=str(checkpoint), pretrained_tag=tag,
+                                   fingerprint=fingerprint, args=dict(kwargs))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
+import timm
 from timm.models.vision_transformer import VisionTransformer
 
 from lpt.config import ConfigError, ModelConfig
 from lpt.model.backbone import BackboneIdentity, backbone_geometry, create_backbone
 from lpt.model.lpt import LPT
-from lpt.utils import seed_everything
+from lpt.utils import log, seed_everything
 
 
 def build_model(m: ModelConfig, num_classes: int, seed: int, train_backbone: bool = False,
@@ -32,6 +34,10 @@ def build_lpt(backbone: VisionTransformer, m: ModelConfig, num_classes: int, tra
 def check_fits(m: ModelConfig, img_size: int) -> None:
     """Refuse, before any data loads or weights are read, a model section the backbone cannot take: K not
     below its depth, or images of another size than its patch grid."""
+    if m.text and "." not in m.backbone:
+        raise ConfigError(f"config key 'model.backbone' is {m.backbone!r} without a weights tag; with model.text name "
+                          f"the CLIP weights, e.g. {m.backbone}.openai (untagged, timm takes its default tag, which "
+                          "may be fine-tuned with a classifier where CLIP's projection should be)")
     depth, size, patch = backbone_geometry(m.backbone, **m.backbone_args)
     if not 0 <= m.split_block < depth:
         raise ConfigError(f"config key 'model.split_block' is {m.split_block}; expected 0..{depth - 1} (K must be "
@@ -40,3 +46,17 @@ def check_fits(m: ModelConfig, img_size: int) -> None:
         raise ConfigError(f"config key 'data.img_size' is {img_size}, but {m.backbone} takes {size[0]}x{size[1]} "
                           f"images ({patch[0]} px patches); set data.img_size={size[0]}, or the backbone's size with "
                           f"model.backbone_args.img_size")
+
+
+def check_normalisation(m: ModelConfig, mean: list[float], std: list[float]) -> None:
+    """Warn when ``data.mean`` / ``data.std`` are not the ones timm's pretrained configuration gives the backbone
+    (CLIP's differ from the ImageNet-21k ViT's 0.5): a tower fed other statistics than it was trained on."""
+    try:
+        pretrained = timm.models.get_pretrained_cfg(m.backbone)
+    except (RuntimeError, ValueError):
+        pretrained = None
+    if pretrained is None or not pretrained.mean:
+        return
+    if not (np.allclose(pretrained.mean, mean, atol=1e-4) and np.allclose(pretrained.std, std, atol=1e-4)):
+        log.warning("data.mean %s / data.std %s are not %s's own normalisation %s / %s (timm's pretrained config)",
+                    list(mean), list(std), m.backbone, list(pretrained.mean), list(pretrained.std))

@@ -119,10 +119,9 @@ class LPT(nn.Module):
         self.shallow = prompt_depth == "shallow"
         self.plain_query = query == "plain"
         self.train_backbone = train_backbone
-        if projection and not isinstance(backbone.get_classifier(), nn.Linear):
-            raise ValueError("projection needs a backbone that kept a linear head (a CLIP image tower's projection)")
+        kept = backbone.get_classifier()  # CLIP's projection; SigLIP's tower has none (its pooled feature is joint)
         self.projection = projection
-        feature_dim = backbone.get_classifier().out_features if projection else dim
+        feature_dim = kept.out_features if projection and isinstance(kept, nn.Linear) else dim
         self.shared_prompt = _trunc_normal(1 if self.shallow else depth, prompt_len, dim)
         self.pool = GroupPromptPool(pool_size, depth - split_block, prompt_len, dim, top_k, feature_dim)
         self.head = HEADS[head](feature_dim, num_classes)
