@@ -78,9 +78,10 @@ def text_initialised(tiny_clip, tiny_fmnist, *extra):
     return cfg, splits, model.eval(), text
 
 
-@pytest.mark.parametrize("method", ["lpt", "linear", "peft"])
+@pytest.mark.parametrize("method", ["lpt", "vpt", "linear", "peft"])
 def test_text_initialised_classifier_starts_as_zero_shot_clip(tiny_clip, tiny_fmnist, method):
     extra = {"lpt": ["model.prompt_len=0"], "linear": ["method=linear", "phases=[phase1]", "model.prompt_len=0"],
+             "vpt": ["method=vpt", "phases=[phase1]", "model.prompt_len=0"],
              "peft": ["method=peft", "phases=[phase1]", "model.prompt_len=0", "model.peft=[adaptformer]"]}[method]
     cfg, splits, model, text = text_initialised(tiny_clip, tiny_fmnist, "model.projection=true", *extra)
     names = [n.replace("_", " ") for n in splits.classes]
@@ -126,6 +127,11 @@ def test_lpt_eval_zero_shot_writes_a_run_with_open_clips_accuracy(tiny_clip, tin
     embeddings, meta = files.read_text_embeddings(out)
     assert embeddings.shape == (10, CLIP_EMBED) and meta["names"] == names
     assert "zero-shot" in capsys.readouterr().out
+    assert (out / "report.html").is_file()
+    assert main(["eval", "--run", str(out), "--json"]) == 0  # a zero-shot run reloads like any other
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["overall"] == pytest.approx(100 * expected)
+    from lpt.analysis.compare import compare_row
+    assert compare_row(out)["trainable_params"] == 0 and compare_row(out)["method"] == "zero-shot"
 
 
 def test_zero_shot_refuses_a_config_that_trains(tiny_clip, tiny_fmnist, tmp_path):
@@ -146,6 +152,15 @@ def test_without_open_clip_a_text_feature_asks_for_the_extra(tiny_clip, tiny_fmn
     assert str(exc.value) == "model.text needs open_clip, an optional extra of lpt: pip install 'lpt[clip]'"
     model, _ = build_model(clip_config(tiny_clip, tiny_fmnist).model, 3, seed=0)  # the image tower needs no extra
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_without_open_clip_the_cli_says_so_in_one_line(tiny_clip, tiny_fmnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "open_clip", None)
+    overrides = [f"data.root={tiny_fmnist}", "data.img_size=32", "data.test_resize=32", *tiny_clip["overrides"]]
+    assert main(["eval", "--zero-shot", "--config", "demo", "--out", str(tmp_path / "zs"), *overrides]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "lpt eval: error: model.text needs open_clip, an optional extra of lpt: pip install 'lpt[clip]'"
+    assert not (tmp_path / "zs" / "model.safetensors").exists()
 
 
 def test_text_keys_need_a_text_tower():
@@ -194,3 +209,16 @@ def test_an_untagged_clip_backbone_is_refused_before_anything_loads(tiny_clip, t
     cfg = clip_config(tiny_clip, tiny_fmnist, "model.backbone=vit_base_patch16_clip_224")
     with pytest.raises(ConfigError, match="without a weights tag.*vit_base_patch16_clip_224.openai"):
         check_fits(cfg.model, cfg.data.img_size)
+
+
+def test_imagenet_lt_classnames_give_clips_imagenet_names():
+    """ImageNet-LT's classnames.txt (shared split lists) beside the training list gives, label by label, the
+    names open_clip's zero-shot ImageNet classifier uses."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "shared" / "splits" / "imagenet_lt"
+    if not (folder / "classnames.txt").is_file():
+        pytest.skip("the shared split lists are not on this machine")
+    wnids = [line.split()[0] for line in (folder / "classnames.txt").read_text().splitlines()]
+    cfg = load_config("imagenet_lt", [f"data.train_list={folder / 'ImageNet_LT_train.txt'}"]).data
+    assert prompt_names(cfg, wnids) == list(open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES)

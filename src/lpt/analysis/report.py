@@ -105,8 +105,8 @@ def _phase_section(run: RunFiles) -> list[Block]:
         n = p.get("trainable_params")
         share = f"{100.0 * n / backbone:.2f}" if n is not None and backbone else "-"
         rows.append([name, *(fmt(p.get(k)) for k in ("overall", "many", "medium", "few")), _int(n), share,
-                     f"{p['train_seconds']:.1f}" if "train_seconds" in p else "-",
-                     f"{p['images_per_s']:.1f}" if "images_per_s" in p else "-"])
+                     f"{p['train_seconds']:.1f}" if p.get("train_seconds") is not None else "-",
+                     f"{p['images_per_s']:.1f}" if p.get("images_per_s") is not None else "-"])
     return [
         Heading("Phases"),
         Para("Test accuracy after each phase (standard rule), the parameters that trained in it, its training "

@@ -9,6 +9,7 @@ from timm.models.vision_transformer import VisionTransformer
 from lpt.config import ConfigError, ModelConfig
 from lpt.model.backbone import BackboneIdentity, backbone_geometry, create_backbone
 from lpt.model.lpt import LPT
+from lpt.model.text import text_model_name
 from lpt.utils import log, seed_everything
 
 
@@ -34,6 +35,8 @@ def build_lpt(backbone: VisionTransformer, m: ModelConfig, num_classes: int, tra
 def check_fits(m: ModelConfig, img_size: int) -> None:
     """Refuse, before any data loads or weights are read, a model section the backbone cannot take: K not
     below its depth, or images of another size than its patch grid."""
+    if m.text:
+        text_model_name(m)  # open_clip installed, and the text tower's name known
     if m.text and "." not in m.backbone:
         raise ConfigError(f"config key 'model.backbone' is {m.backbone!r} without a weights tag; with model.text name "
                           f"the CLIP weights, e.g. {m.backbone}.openai (untagged, timm takes its default tag, which "

@@ -244,6 +244,14 @@ def trains_on_features(method: str) -> bool:
         return False
 
 
+def trains_anything(method: str) -> bool:
+    """False for a method without a phase (zero-shot CLIP: its classifier is computed, not trained)."""
+    try:
+        return bool(get_method(method).phases)
+    except ConfigError:
+        return True
+
+
 def method_label(method: str, phase: int | None = None) -> str:
     """Readable method name, with the phase for a two-phase method (``LPT phase 2``)."""
     try:
