@@ -8,7 +8,7 @@ import torch
 
 from lpt.config import load_config
 from lpt.data import build_datasets, build_train_stream, build_transform, with_transform
-from lpt.data.samplers import sample_key
+from lpt.data.samplers import KeyedAugmentation, sample_key
 from tests.test_resume import command, comparable, kill_at_a_random_step_and_resume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,3 +80,22 @@ def test_sigkill_with_loader_processes_then_resume_gives_the_uninterrupted_run(t
     out = tmp_path / "killed"
     reached = kill_at_a_random_step_and_resume(command(tiny_fmnist, out) + WORKERS, out)
     assert comparable(out) == uninterrupted_with_workers, f"killed at {reached}"
+
+
+def test_a_key_draws_what_torch_manual_seed_of_it_draws_and_leaves_the_callers_generator():
+    class Draw:
+        targets = [0]
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return torch.rand(3), torch.randint(0, 1000, (2,))
+
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    keyed = KeyedAugmentation(Draw())[(0, 12345)]
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(12345)
+    plain = Draw()[0]
+    assert torch.equal(keyed[0], plain[0]) and torch.equal(keyed[1], plain[1])
