@@ -50,6 +50,7 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per channel, on pixels scaled to [0, 1]
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per channel: (pixel - mean) / std
     train_aug: str = "rrc_flip"  # rrc_flip | crop_flip | none
+    decode: str = "exact"  # training crops of rrc_flip on image files: exact | fast (DCT-scaled) | gpu (nvJPEG)
     num_workers: int = 4  # image-loading processes per stream; 0 loads in the training process
     samples_per_class: int = 4  # class-balanced sampling: images taken from each picked class
     skip_bad_images: bool = False  # scan image files before training; drop unreadable ones into bad_images.txt
@@ -152,6 +153,7 @@ CHOICES = {
     "model.prompt_depth": ("deep", "shallow"),
     "model.query": ("shared", "plain"),
     "data.train_aug": ("rrc_flip", "crop_flip", "none"),
+    "data.decode": ("exact", "fast", "gpu"),
     "data.test_resize_mode": ("shorter", "square"),
     "data.interpolation": ("bicubic", "bilinear"),
     "loss.name": ("agcl", "gcl", "ce", "la", "bs", "ldam", "focal"),

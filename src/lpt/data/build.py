@@ -6,16 +6,21 @@ import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 
 from lpt.config import ConfigError, DataConfig
 from lpt.data import sources as src
 from lpt.data.scan import BadImage, drop_bad_images
-from lpt.data.datasets import ImageDataset, Transform
+from lpt.data.datasets import FileImageDataset, ImageDataset, Transform
+from lpt.data.decode import FastCrop, FileCrops
+from lpt.data.gpu_decode import DeviceDecode, EncodedCrop, collate_encoded, resolve_decode
 from lpt.data.longtail import class_counts, longtail_counts, longtail_indices
 from lpt.data.sources import Splits
-from lpt.data.transforms import build_transform
+from lpt.data.transforms import BatchNormalize, build_transform
 
 
 @dataclass
@@ -237,3 +242,31 @@ def with_transform(dataset: ImageDataset, transform: Transform) -> ImageDataset:
 def with_eval_transform(dataset: ImageDataset, cfg: DataConfig) -> ImageDataset:
     """The same images with the deterministic evaluation transform (features of training images, not crops)."""
     return with_transform(dataset, build_transform(cfg, train=False))
+
+
+@dataclass
+class TrainImages:
+    """The training images of a run as ``data.decode`` makes them: the dataset the loader processes read, the
+    DataLoader's ``collate_fn`` (None: PyTorch's default) and the ``finish`` the training stream applies on the
+    device (normalisation; under ``gpu`` the decoding too)."""
+
+    dataset: Dataset
+    finish: Callable[[Any], torch.Tensor] | None
+    collate: Callable | None = None
+
+
+def train_images(dataset: ImageDataset, cfg: DataConfig, device: torch.device | str) -> TrainImages:
+    """``dataset`` (a run's training split) with the training augmentation, decoded as ``cfg.decode`` says.
+
+    ``exact`` applies the PIL transform of :func:`build_transform` (uint8, normalised on the device). ``fast``
+    (:mod:`lpt.data.decode`) and ``gpu`` (:mod:`lpt.data.gpu_decode`) draw the same boxes and flips; they apply to
+    ``train_aug=rrc_flip`` on image files, and anything else (images held in memory, other augmentations) is
+    decoded exactly. ``gpu`` becomes ``fast``, said in one line, where ``device`` cannot decode JPEGs.
+    """
+    applies = isinstance(dataset, FileImageDataset) and cfg.train_aug == "rrc_flip"
+    decode = resolve_decode(cfg.decode, torch.device(device), applies)
+    if decode == "fast":
+        return TrainImages(FileCrops(dataset, FastCrop(cfg)), BatchNormalize(cfg))
+    if decode == "gpu":
+        return TrainImages(FileCrops(dataset, EncodedCrop(cfg)), DeviceDecode(cfg, device), collate_encoded)
+    return TrainImages(with_transform(dataset, build_transform(cfg, train=True, normalize=False)), BatchNormalize(cfg))

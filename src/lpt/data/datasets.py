@@ -154,8 +154,13 @@ class FileImageDataset(ImageDataset):
         self.origins = list(origins) if origins is not None else None
 
     def load(self, index: int) -> Image.Image:
+        return self.read(index, load_rgb)
+
+    def read(self, index: int, reader: Callable[[str], Any]) -> Any:
+        """``reader(path)`` of image ``index`` (:func:`load_rgb`, or a decoder of training crops): whatever reads the
+        file, an unreadable one raises :class:`BadImageError` ending with :data:`SKIP_HINT`."""
         try:
-            return load_rgb(self.paths[index])
+            return reader(self.paths[index])
         except BadImageError as exc:
             raise BadImageError(f"{exc}; {SKIP_HINT}") from exc.__cause__
 

@@ -223,9 +223,10 @@ class TrainStream:
 
 
 def _loader(dataset: Dataset, sampler: _ShardedSampler, batch_size: int, num_workers: int, pin_memory: bool,
-            seed: int) -> DataLoader:
+            seed: int, collate: Callable | None) -> DataLoader:
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+        collate_fn=collate,
         drop_last=len(sampler) >= batch_size, persistent_workers=num_workers > 0, worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(seed),  # base seed of the workers' augmentation
     )
@@ -233,7 +234,7 @@ def _loader(dataset: Dataset, sampler: _ShardedSampler, batch_size: int, num_wor
 
 def build_train_stream(dataset: Dataset, sampling: str, batch_size: int, samples_per_class: int, num_workers: int,
                        seed: int, rank: int | None = None, world_size: int | None = None,
-                       pin_memory: bool = False, keyed: bool = True) -> TrainStream:
+                       pin_memory: bool = False, keyed: bool = True, collate: Callable | None = None) -> TrainStream:
     """The training batches of one rank for ``dual``, ``instance`` or ``balanced`` sampling.
 
     An epoch has ``ceil(N / (batch_size * world_size))`` steps in every mode. Each stream's
@@ -251,6 +252,7 @@ def build_train_stream(dataset: Dataset, sampling: str, batch_size: int, samples
         pin_memory: DataLoader pin_memory.
         keyed: seed each sample's random transform from (seed, epoch, stream, position) (:func:`sample_key`):
             augmentation independent of loader processes, ranks and resume point.
+        collate: the DataLoaders' ``collate_fn``; None: PyTorch's default (``data.decode=gpu`` keeps JPEG bytes).
     """
     if sampling not in SAMPLING:
         raise ConfigError(f"sampling is {sampling!r}; expected one of {', '.join(SAMPLING)}")
@@ -272,7 +274,7 @@ def build_train_stream(dataset: Dataset, sampling: str, batch_size: int, samples
             sampler.key_salt = i
         dataset = KeyedAugmentation(dataset)
     loaders = {
-        key: _loader(dataset, sampler, batch_size, num_workers, pin_memory, _stream_seed(seed, rank, i))
+        key: _loader(dataset, sampler, batch_size, num_workers, pin_memory, _stream_seed(seed, rank, i), collate)
         for i, (key, sampler) in enumerate(samplers.items())
     }
     return TrainStream(loaders, iterations)

@@ -14,10 +14,17 @@ from lpt.config import ConfigError, DataConfig, test_resize_of
 INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
 
+def rrc_flip(cfg: DataConfig) -> tuple[v2.RandomResizedCrop, v2.RandomHorizontalFlip]:
+    """The two random steps of ``train_aug=rrc_flip``. The fast and GPU decode paths (:mod:`lpt.data.decode`) draw
+    their crop box and flip from these same objects, so that they draw what the exact path draws."""
+    how = INTERPOLATION[cfg.interpolation]
+    return v2.RandomResizedCrop(cfg.img_size, interpolation=how, antialias=True), v2.RandomHorizontalFlip()
+
+
 def _train_geometry(cfg: DataConfig) -> list[v2.Transform]:
     size, how = cfg.img_size, INTERPOLATION[cfg.interpolation]
     if cfg.train_aug == "rrc_flip":
-        return [v2.RandomResizedCrop(size, interpolation=how, antialias=True), v2.RandomHorizontalFlip()]
+        return list(rrc_flip(cfg))
     if cfg.train_aug == "crop_flip":  # for small images (CIFAR, Fashion-MNIST): upsample, pad-and-crop
         return [v2.Resize(size, interpolation=how, antialias=True), v2.RandomCrop(size, padding=size // 8),
                 v2.RandomHorizontalFlip()]

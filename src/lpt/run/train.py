@@ -19,10 +19,9 @@ import torch
 
 from lpt.version import __version__
 from lpt.config import Config, ConfigError, to_dict
-from lpt.data import (DataSplits, TrainStream, build_datasets, build_train_stream, build_transform, build_val_dataset,
-                      with_eval_transform, with_transform)
+from lpt.data import (DataSplits, TrainImages, TrainStream, build_datasets, build_train_stream, build_transform,
+                      build_val_dataset, train_images, with_eval_transform)
 from lpt.data.datasets import FeatureDataset
-from lpt.data.transforms import BatchNormalize
 from lpt.distributed import init_distributed
 from lpt.engine.resume import StopRequest, load_resume, save_resume
 from lpt.engine.step import Env
@@ -222,21 +221,23 @@ def _finish_phase(run: _Training, index: int, phase: str, records: list[dict], s
 
 
 def _phase_stream(run: _Training, method: Method, pcfg) -> TrainStream:
-    """The phase's training batches: uint8 images normalised on the device, or for a method that trains on
-    features (the linear probe) the frozen model's features, computed once and held in memory (so without
-    loader workers or pinned memory)."""
+    """The phase's training batches: uint8 images normalised on the device (decoded there with data.decode=gpu),
+    or for a method that trains on features (the linear probe) the frozen model's features, computed once and
+    held in memory (so without loader workers or pinned memory)."""
     cfg, env = run.cfg, run.env
     if method.features:
         out = evaluate_with(cfg, run.model, with_eval_transform(run.splits.train, cfg.data), features,
                             device=env.device, desc="features")  # every rank all of them: no dist
         train_set = FeatureDataset(torch.from_numpy(out["feature"]), run.splits.train.targets)
+        images = TrainImages(train_set, finish=None)
     else:
-        train_set = with_transform(run.splits.train, build_transform(cfg.data, train=True, normalize=False))
-    stream = build_train_stream(train_set, pcfg.sampling, pcfg.batch_size, cfg.data.samples_per_class,
+        images = train_images(run.splits.train, cfg.data, env.device)  # as data.decode says
+    stream = build_train_stream(images.dataset, pcfg.sampling, pcfg.batch_size, cfg.data.samples_per_class,
                                 0 if method.features else cfg.data.num_workers, cfg.seed, rank=env.dist.rank,
                                 world_size=env.dist.world_size,
-                                pin_memory=env.device.type == "cuda" and not method.features, keyed=not method.features)
-    stream.finish = None if method.features else BatchNormalize(cfg.data)
+                                pin_memory=env.device.type == "cuda" and not method.features, keyed=not method.features,
+                                collate=images.collate)
+    stream.finish = images.finish
     return stream
 
 

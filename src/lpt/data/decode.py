@@ -1,0 +1,157 @@
+"""Training crops decoded at the size they need (``data.decode=fast``), and the crop box every decode path shares.
+
+The exact path (``data.decode=exact``) decodes every pixel of an image file, then torchvision's RandomResizedCrop
+cuts a box out of it and resizes the box to ``img_size``. On an 800 x 600 JPEG much of that work is wasted: the box
+holds on average about half the pixels, and resizing a large box costs as much as decoding. Here the box is drawn
+first, from the image's size in the file header and by the very calls the exact path makes (:class:`CropDraw`, so
+for one augmentation key the box and the flip are the same); libjpeg-turbo (simplejpeg) then decodes the file at the
+smallest of its DCT scales 1, 1/2, 1/4, 1/8 at which the box still spans ``img_size`` pixels both ways; the box,
+mapped onto that image, is resized to ``img_size`` and flipped.
+
+The crop differs from the exact path's by the resampling only. Where the file is decoded at full scale (the box's
+shorter side is under twice ``img_size``), torch's antialiased resize replaces PIL's and agrees with it within 1
+grey level; where it is decoded smaller, the DCT-domain downscale replaces part of the antialiasing filter
+(tests/test_decode.py pins the bound; README gives the measured speed and difference). Files simplejpeg does not
+decode (PNG, CMYK JPEGs, a JPEG it finds corrupt) are decoded whole by :func:`load_rgb`, as the exact path decodes
+them, and cropped the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import simplejpeg
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from lpt.config import DataConfig
+from lpt.data.datasets import FileImageDataset, load_rgb
+from lpt.data.transforms import rrc_flip
+
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+# libjpeg's power-of-two reductions: 1/2 and 1/4 have SIMD inverse DCTs; 3/8 ... 7/8 decode slower than full scale
+REDUCTIONS = (8, 4, 2)
+# JPEG colour spaces decoded by simplejpeg (and nvJPEG); CMYK and YCCK go through PIL, which knows Adobe's inverted CMYK
+DECODED_COLOURS = ("YCbCr", "Gray")
+
+
+class Box(NamedTuple):
+    """A crop box in pixels of the full image, as torchvision's RandomResizedCrop draws it."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+class CropDraw:
+    """The random part of ``rrc_flip`` from an image's size alone: the RandomResizedCrop box and the horizontal flip,
+    drawn from torch's generator by the same calls, in the same order, as the exact path makes them on the decoded
+    image (``RandomResizedCrop.make_params``, then RandomHorizontalFlip's ``torch.rand(1) < p``)."""
+
+    def __init__(self, cfg: DataConfig):
+        self.crop, self.flip = rrc_flip(cfg)
+
+    def __call__(self, height: int, width: int) -> tuple[Box, bool]:
+        params = self.crop.make_params([torch.empty(0, height, width)])  # reads the size only
+        return Box(params["top"], params["left"], params["height"], params["width"]), bool(torch.rand(1) < self.flip.p)
+
+
+def reduction_for(box: Box, size: int) -> int:
+    """The largest of 8, 4, 2 by which the image may be decoded smaller with the box still ``size`` pixels or more
+    on both sides; 1: decode at full scale."""
+    return next((r for r in REDUCTIONS if min(box.height, box.width) >= r * size), 1)
+
+
+def read_bytes(path: str) -> bytes:
+    """The file's bytes; empty where it cannot be read (:func:`load_rgb` then names the problem, as it does on the
+    exact path)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return b""
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """``(height, width)`` from the header of a JPEG that simplejpeg decodes to RGB (YCbCr or grey); None otherwise."""
+    if not data:
+        return None
+    try:
+        height, width, colours, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return (height, width) if colours in DECODED_COLOURS else None
+
+
+def decode_reduced(data: bytes, size: tuple[int, int], reduction: int) -> np.ndarray | None:
+    """RGB pixels ``[ceil(H / r), ceil(W / r), 3]`` of a JPEG decoded at DCT scale ``1 / r``; None where libjpeg-turbo
+    finds the data corrupt or truncated (PIL then decodes it, or names it unreadable, as on the exact path)."""
+    shape = (-(-size[0] // reduction), -(-size[1] // reduction))
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=shape[0], min_width=shape[1])
+    except ValueError:
+        return None
+    return pixels if pixels.shape[:2] == shape else None
+
+
+def resize_box(pixels: np.ndarray, box: Box, reduction: int, size: int, interpolation: str) -> torch.Tensor:
+    """``box`` (in full-image pixels) of ``pixels`` (the image decoded at ``1 / reduction``, [H, W, 3]) resized to
+    ``size`` x ``size``: uint8 [3, size, size], strided as [size, size, 3] (collating copies it anyway).
+
+    At full scale with torch's antialiased resize, 3-4x faster than PIL's and within 1 grey level of it. On a reduced
+    image the box has fractional edges, which PIL's ``resize(box=...)`` takes exactly; torch's kernel anchors its
+    grid at a whole pixel (a half-pixel shift costs more on noisy images than PIL's time saves). Either resamples
+    the box's pixels only, as the exact path's crop-then-resize does."""
+    if reduction == 1:
+        crop = torch.from_numpy(pixels).permute(2, 0, 1)[:, box.top:box.top + box.height, box.left:box.left + box.width]
+        return torch.nn.functional.interpolate(crop[None], size=(size, size), mode=interpolation, antialias=True)[0]
+    top, left = box.top / reduction, box.left / reduction
+    bottom, right = (box.top + box.height) / reduction, (box.left + box.width) / reduction
+    y0, x0 = math.floor(top), math.floor(left)
+    hull = Image.fromarray(pixels[y0:math.ceil(bottom), x0:math.ceil(right)])
+    out = hull.resize((size, size), RESAMPLE[interpolation], box=(left - x0, top - y0, right - x0, bottom - y0))
+    return torch.from_numpy(np.array(out)).permute(2, 0, 1)
+
+
+class FastCrop:
+    """``data.decode=fast``: an image file's path -> its training crop, uint8 [3, img_size, img_size] (the box and
+    flip of :class:`CropDraw`, the JPEG decoded at the scale the box needs; module docstring)."""
+
+    def __init__(self, cfg: DataConfig):
+        self.draw, self.size, self.interpolation = CropDraw(cfg), cfg.img_size, cfg.interpolation
+
+    def __call__(self, path: str) -> torch.Tensor:
+        data = read_bytes(path)
+        size, pixels = jpeg_size(data), None
+        if size is not None:
+            box, flip = self.draw(*size)
+            reduction = reduction_for(box, self.size)
+            pixels = decode_reduced(data, size, reduction)
+        if pixels is None:  # decoded whole by PIL, as the exact path decodes it (or named unreadable)
+            image = load_rgb(path)
+            if size is None:
+                box, flip = self.draw(image.height, image.width)
+            pixels, reduction = np.array(image), 1
+        out = resize_box(pixels, box, reduction, self.size, self.interpolation)
+        return out.flip(-1) if flip else out
+
+
+class FileCrops(Dataset):
+    """``(reader(path), label)`` for the files of a :class:`FileImageDataset`: a training set whose reader decodes
+    and crops (``data.decode`` fast or gpu) in place of the dataset's PIL transform; an unreadable file raises as
+    the dataset's own ``load`` does. Same length, labels and classes."""
+
+    def __init__(self, files: FileImageDataset, reader: Callable[[str], Any]):
+        self.files, self.reader = files, reader
+        self.targets, self.classes = files.targets, files.classes
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.files.read(index, self.reader), self.targets[index]

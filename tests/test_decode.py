@@ -1,0 +1,286 @@
+"""data.decode: the fast (DCT-scaled, lpt.data.decode) and GPU (lpt.data.gpu_decode, run here with device cpu) paths
+draw exactly the exact path's crop boxes and flips, and their crops differ from the exact path's by the measured bounds;
+unreadable files fail as on the exact path; a run without CUDA falls back from gpu to fast with one line."""
+
+import io
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lpt.config import ConfigError, DataConfig, load_config
+from lpt.data import TrainImages, build_train_stream, build_transform, train_images
+from lpt.data.datasets import ArrayImageDataset, BadImageError, FileImageDataset, load_rgb
+from lpt.data.decode import Box, FastCrop, FileCrops, reduction_for
+from lpt.data.gpu_decode import (DeviceDecode, EncodedBatch, EncodedCrop, EncodedImage, collate_encoded,
+                                 gpu_decode_problem, resolve_decode)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def photo_like(width: int, height: int, seed: int) -> np.ndarray:
+    """bench/loader.py's synthetic content: smooth random colour plus per-pixel noise of +-12."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+    return (smooth + rng.integers(-12, 13, (height, width, 3))).clip(0, 255).astype(np.uint8)
+
+
+def save(path, pixels: np.ndarray, **kwargs):
+    Image.fromarray(pixels).save(path, **kwargs)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """JPEGs (several sizes, an extreme aspect ratio whose box is torchvision's fallback, greyscale, progressive,
+    CMYK) and a PNG."""
+    root = tmp_path_factory.mktemp("decode")
+    out = {f"jpeg{w}x{h}": save(root / f"{w}x{h}.jpg", photo_like(w, h, w), quality=90)
+           for w, h in ((300, 260), (120, 90), (57, 41), (400, 40), (800, 600))}
+    out["grey"] = save(root / "grey.jpg", photo_like(200, 150, 1)[..., 0], quality=90)
+    out["progressive"] = save(root / "progressive.jpg", photo_like(160, 200, 2), quality=90, progressive=True)
+    out["png"] = save(root / "image.png", photo_like(150, 130, 3))
+    Image.fromarray(photo_like(180, 140, 4)).convert("CMYK").save(root / "cmyk.jpg", quality=90)
+    out["cmyk"] = str(root / "cmyk.jpg")
+    return out
+
+
+def config(**overrides) -> DataConfig:
+    cfg = DataConfig(img_size=32, interpolation="bicubic")
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def exact_crop(cfg: DataConfig, path: str, key: int) -> tuple[Box, bool, torch.Tensor]:
+    """The exact path's box, flip and uint8 crop for ``key``, read off its own RandomResizedCrop and flip."""
+    transform = build_transform(cfg, train=True, normalize=False)
+    crop, flip = transform.transforms[0], transform.transforms[1]
+    seen = {"flip": False}
+    make_params, flip_image = crop.make_params, flip.transform
+    crop.make_params = lambda inputs: seen.setdefault("box", make_params(inputs))
+    flip.transform = lambda inpt, params: seen.update(flip=True) or flip_image(inpt, params)
+    torch.manual_seed(key)
+    image = transform(load_rgb(path))
+    return Box(**seen["box"]), seen["flip"], image
+
+
+def recording(reader):
+    """``reader`` whose CropDraw records every (box, flip) it draws in ``reader.drawn``."""
+    draw = reader.draw if hasattr(reader, "draw") else reader.fast.draw
+    reader.drawn = []
+
+    def record(height, width):
+        reader.drawn.append(draw(height, width))
+        return reader.drawn[-1]
+    if hasattr(reader, "draw"):
+        reader.draw = record
+    else:
+        reader.fast.draw = record
+    return reader
+
+
+def keyed(reader, path: str, key: int):
+    torch.manual_seed(key)
+    return reader(path)
+
+
+def test_fast_and_gpu_draw_the_exact_paths_boxes_and_flips(files):
+    cfg = config()
+    fast, encoded = recording(FastCrop(cfg)), recording(EncodedCrop(cfg))
+    for name, path in files.items():
+        for key in range(12):
+            box, flip, _ = exact_crop(cfg, path, key)
+            keyed(fast, path, key)
+            item = keyed(encoded, path, key)
+            assert fast.drawn[-1] == encoded.drawn[-1] == (box, flip), (name, key)
+            if isinstance(item, EncodedImage):  # the loader sends what it drew
+                assert (item.box, item.flip) == (box, flip)
+    assert {reduction_for(b, cfg.img_size) for b, _ in fast.drawn} == {1, 2, 4, 8}  # every DCT scale ran
+
+
+def crop_differences(cfg: DataConfig, paths: list[str], keys: range) -> dict[int, torch.Tensor]:
+    """|exact - fast| per crop, grouped by the DCT reduction the fast path decoded at."""
+    fast = recording(FastCrop(cfg))
+    out: dict[int, list[torch.Tensor]] = {}
+    for path in paths:
+        for key in keys:
+            exact = exact_crop(cfg, path, key)[2]
+            diff = (keyed(fast, path, key).int() - exact.int()).abs()
+            out.setdefault(reduction_for(fast.drawn[-1][0], cfg.img_size), []).append(diff)
+    return {r: torch.stack(d).float() for r, d in out.items()}
+
+
+def test_fast_crops_stay_within_the_measured_bounds_of_the_exact_ones(files):
+    """Full scale: the same decoded pixels, torch's antialiased resize against PIL's (measured max 1 bilinear, 2
+    bicubic). Reduced: the DCT-domain downscale does part of the filtering; on this noisy content measured max 13 and
+    mean 1.02 (1/4 scale, 32 px) and max 9, mean 1.07 (1/2 scale, 800 x 600 at 224 px)."""
+    jpegs = [files[k] for k in ("jpeg300x260", "jpeg120x90", "jpeg57x41", "jpeg400x40", "grey", "progressive")]
+    cases = [(config(), jpegs, 16)] + [(config(img_size=224, interpolation=i), [files["jpeg800x600"]], 24)
+                                       for i in ("bilinear", "bicubic")]
+    for cfg, paths, keys in cases:
+        diffs = crop_differences(cfg, paths, range(keys))
+        assert diffs[1].max() <= (1 if cfg.interpolation == "bilinear" else 2)
+        reduced = torch.cat([d.flatten() for r, d in diffs.items() if r > 1])
+        assert reduced.max() <= 13 and reduced.mean() < 1.2
+
+
+def test_png_and_cmyk_are_decoded_whole_as_on_the_exact_path(files):
+    diffs = crop_differences(config(), [files["png"], files["cmyk"]], range(8))
+    assert max(d.max() for d in diffs.values()) <= 2  # the exact path's pixels, torch's resize
+    encoded = EncodedCrop(config())
+    assert isinstance(keyed(encoded, files["png"], 0), torch.Tensor)  # the loader crops what nvJPEG is not given
+    assert isinstance(keyed(encoded, files["cmyk"], 0), torch.Tensor)
+    assert isinstance(keyed(encoded, files["progressive"], 0), EncodedImage)
+
+
+@pytest.fixture
+def broken(tmp_path, files):
+    data = open(files["jpeg120x90"], "rb").read()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "not_an_image.jpg").write_bytes(b"hello")
+    return [str(tmp_path / n) for n in ("truncated.jpg", "not_an_image.jpg", "missing.jpg")]
+
+
+def test_an_unreadable_file_fails_with_the_exact_paths_message(broken):
+    exact = FileImageDataset(broken, [0, 0, 0], ["a"])
+    for reader in (FastCrop(config()), EncodedCrop(config())):
+        crops = FileCrops(exact, reader)
+        for i, path in enumerate(broken):
+            if i == 0 and isinstance(reader, EncodedCrop):
+                continue  # its header is fine: the device finds it truncated (next test)
+            with pytest.raises(BadImageError) as fast_error:
+                crops[i]
+            with pytest.raises(BadImageError) as exact_error:
+                exact[i]
+            assert str(fast_error.value) == str(exact_error.value)
+            assert str(fast_error.value).startswith(f"{path}: cannot read image (")
+
+
+def test_a_jpeg_the_device_cannot_decode_is_named(broken, files):
+    cfg = config()
+    batch, _ = collate_encoded([(keyed(EncodedCrop(cfg), p, 0), 0) for p in (files["jpeg120x90"], broken[0])])
+    with pytest.raises(BadImageError, match=rf"^{broken[0]}: cannot read image on cpu \(.*data.decode=fast$"):
+        DeviceDecode(cfg, "cpu")(batch)
+
+
+def undo_normalise(cfg: DataConfig, images: torch.Tensor) -> torch.Tensor:
+    mean, std = torch.tensor(cfg.mean)[:, None, None], torch.tensor(cfg.std)[:, None, None]
+    return ((images * std + mean) * 255).round().int()
+
+
+def test_gpu_path_on_the_cpu_decodes_batches_within_one_grey_level_of_the_exact_path(files):
+    cfg = config()
+    paths = list(files.values())
+    items = [(keyed(EncodedCrop(cfg), p, key), key) for key, p in enumerate(paths)]
+    batch, labels = collate_encoded(items)
+    assert isinstance(batch, EncodedBatch) and len(batch) == len(paths) and labels.tolist() == list(range(len(paths)))
+    assert batch.to("cpu", non_blocking=True) is batch and batch.pin_memory() is batch
+    images = DeviceDecode(cfg, "cpu")(batch)
+    assert images.shape == (len(paths), 3, 32, 32) and images.dtype == torch.float32
+    exact = torch.stack([exact_crop(cfg, p, key)[2] for key, p in enumerate(paths)])
+    assert (undo_normalise(cfg, images) - exact.int()).abs().max() <= 1  # measured: 1 (float resize, rounded)
+
+
+def file_dataset(files, cfg: DataConfig) -> FileImageDataset:
+    paths = [files[k] for k in ("jpeg300x260", "jpeg120x90", "grey", "progressive", "png", "cmyk")] * 3
+    return FileImageDataset(paths, [i % 3 for i in range(len(paths))], ["a", "b", "c"])
+
+
+def batches(images, workers: int, start_step: int = 0) -> list[torch.Tensor]:
+    stream = build_train_stream(images.dataset, "dual", 4, 2, workers, seed=5, collate=images.collate)
+    stream.set_epoch(1, start_step=start_step)
+    return [torch.cat([images.finish(x) for x, _ in step.values()]) for step in stream]
+
+
+def test_gpu_stream_batches_do_not_depend_on_loader_processes_or_resume_and_match_the_exact_stream(files):
+    cfg = config(decode="gpu", num_workers=2)
+    data = file_dataset(files, cfg)
+    # what train_images gives on a GPU machine, run on the CPU
+    gpu = TrainImages(FileCrops(data, EncodedCrop(cfg)), DeviceDecode(cfg, "cpu"), collate_encoded)
+    cfg.decode = "exact"
+    exact = train_images(data, cfg, "cpu")
+    steps = batches(gpu, 0)
+    assert len(steps) == 5 and all(torch.equal(a, b) for a, b in zip(steps, batches(gpu, 2)))
+    assert all(torch.equal(a, b) for a, b in zip(steps[2:], batches(gpu, 0, start_step=2)))
+    for a, b in zip(steps, batches(exact, 0)):
+        assert (undo_normalise(cfg, a) - undo_normalise(cfg, b)).abs().max() <= 1
+
+
+def test_train_images_takes_the_fast_path_only_for_rrc_flip_on_image_files(files, caplog):
+    resolve_decode.cache_clear()
+    caplog.set_level(logging.INFO, logger="lpt")
+    data = file_dataset(files, config())
+    assert isinstance(train_images(data, config(decode="fast"), "cpu").dataset.reader, FastCrop)
+    for cfg in (config(decode="exact"), config(decode="fast", train_aug="crop_flip")):
+        exact = train_images(data, cfg, "cpu")
+        assert exact.collate is None
+        torch.manual_seed(0)
+        got = exact.dataset[0][0]
+        torch.manual_seed(0)
+        assert torch.equal(got, build_transform(cfg, train=True, normalize=False)(load_rgb(data.paths[0])))
+    arrays = ArrayImageDataset(np.zeros((2, 40, 40, 3), np.uint8), [0, 1], ["a", "b"])
+    for _ in range(2):  # both phases ask; one line each
+        assert isinstance(train_images(arrays, config(decode="fast"), "cpu").dataset, ArrayImageDataset)
+        assert isinstance(train_images(data, config(decode="gpu"), "cpu").dataset.reader, FastCrop)
+    assert [r.getMessage() for r in caplog.records] == [
+        "data.decode=fast applies to train_aug=rrc_flip on image files; these training images are decoded exactly",
+        "data.decode=gpu: no CUDA device (the run's device is cpu); decoding on the CPU as data.decode=fast"]
+
+
+def test_without_nvjpeg_the_gpu_path_says_why(monkeypatch):
+    def no_nvjpeg(*args, **kwargs):
+        raise RuntimeError("torchvision was built\nwithout nvJPEG")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("lpt.data.gpu_decode.decode_jpeg", no_nvjpeg)
+    gpu_decode_problem.cache_clear()
+    try:
+        assert gpu_decode_problem(torch.device("cuda", 0)) == (
+            "no nvJPEG decode on cuda:0 (torchvision was built without nvJPEG)")
+    finally:
+        gpu_decode_problem.cache_clear()
+
+
+def test_a_bad_decode_value_is_refused_naming_key_value_and_choices():
+    with pytest.raises(ConfigError, match=r"^config key 'data.decode' is 'turbo'; expected one of exact, fast, gpu$"):
+        load_config("demo", ["data.decode=turbo"])
+    assert load_config("demo", ["data.decode=fast"]).data.decode == "fast"
+    assert DataConfig().decode == "exact"
+
+
+def test_the_jpeg_bytes_travel_unchanged(files):
+    item = keyed(EncodedCrop(config()), files["jpeg120x90"], 0)
+    assert item.data.dtype == torch.uint8 and bytes(item.data.numpy()) == open(files["jpeg120x90"], "rb").read()
+    assert item.path == files["jpeg120x90"] and Image.open(io.BytesIO(bytes(item.data.numpy()))).size == (120, 90)
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory):
+    """DIR/train/<class>/<i>.jpg: 5 classes of 6 noisy 120 x 90 JPEGs whose bright band depends on the class."""
+    root = tmp_path_factory.mktemp("jpeg_folder")
+    for c in range(5):
+        (root / "train" / f"class_{c}").mkdir(parents=True)
+        for i in range(6):
+            pixels = photo_like(120, 90, 10 * c + i)
+            pixels[15 * c: 15 * c + 12] = 230
+            save(root / "train" / f"class_{c}" / f"{i}.jpg", pixels, quality=90)
+    return root
+
+
+def test_lpt_train_with_decode_gpu_and_no_cuda_runs_fast_and_says_so_once(jpeg_folder, tmp_path, capsys):
+    from conftest import TINY_MODEL
+    from lpt.cli import main
+    resolve_decode.cache_clear()
+    out = tmp_path / "run"
+    argv = ["train", "--config", "folder", f"data.root={jpeg_folder}", "data.holdout=0.25", "--out", str(out),
+            "--quiet", "phase1.epochs=1", "phase2.epochs=1", "phase1.batch_size=8", "phase2.batch_size=8",
+            "data.num_workers=0", "progress=false", "data.decode=gpu", "device=cpu", "data.train_aug=rrc_flip",
+            *TINY_MODEL]
+    assert main(argv) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "data.decode" in line]
+    assert len(said) == 1 and said[0].endswith(
+        "data.decode=gpu: no CUDA device (the run's device is cpu); decoding on the CPU as data.decode=fast")
+    assert "decode: gpu" in (out / "config.yaml").read_text()  # the run's own setting, kept as set
