@@ -1,15 +1,22 @@
-"""Training-loader throughput: how many images/s lpt's data pipeline delivers, per worker count.
+"""Training-loader throughput: how many images/s lpt's data pipeline delivers, per worker count and decode path.
 
-    python bench/loader.py [--size 256x256] [--workers 2 4 8] [--batch 256] [--steps 20] [--images 3000]
+    python bench/loader.py [--size 256x256] [--workers 2 4 8] [--decode exact fast gpu] [--device cuda]
+                           [--batch 256] [--steps 20] [--images 3000] [--quality 90] [--threads 1]
+                           [--set data.interpolation=bicubic ...] [--root DIR]
 
-Writes ``--images`` JPEG files (quality 90, smooth random content with noise, like photographs in
-size and entropy rather than flat colour) and a list file, builds the Places-LT preset's training
-split over them with ``lpt.data.build_datasets`` (RandomResizedCrop 224 + flip; uint8 batches,
-normalised later on the device as ``lpt train`` does, or float32 with ``--float``) and its
-dual-sampling stream with ``lpt.data.build_train_stream`` (``--workers`` processes per stream, so
-twice that in all), and times ``--steps`` steps after two of warm-up. One JSON line per
-worker count: images/s counts both batches of a step. This is the rate the GPU can be fed;
-compare it with bench/throughput.py's training rate.
+Writes ``--images`` JPEG files (``--quality``, smooth random content with noise, like photographs in size and
+entropy rather than flat colour) and a list file, builds the Places-LT preset's training split over them with
+``lpt.data.build_datasets`` and its training images with ``lpt.data.train_images`` for each ``data.decode`` of
+``--decode`` (RandomResizedCrop 224 + flip; uint8 batches, normalised later on the device as ``lpt train`` does,
+or float32 with ``--float``, exact only), its dual-sampling stream with ``lpt.data.build_train_stream``
+(``--workers`` processes per stream, so twice that in all; 0: everything in this one process), and times
+``--steps`` steps after two of warm-up. One JSON line per decode path and worker count: images/s counts both
+batches of a step; ``images_per_s_per_process`` divides it by the processes that decode (the loader processes,
+or this one with 0 workers). This is the rate the GPU can be fed; compare it with bench/throughput.py's rate.
+
+With ``--device``, each step's batches are also moved there and finished as the trainer finishes them
+(normalised; decoded first under ``gpu``), synchronised, inside the timed step: the only way to time ``gpu``,
+whose loader processes only read bytes. Without a CUDA device ``gpu`` runs as ``fast`` (``decoded_as`` says so).
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ import torch
 from PIL import Image
 
 from lpt.config import load_config
-from lpt.data import build_datasets, build_train_stream, build_transform
+from lpt.data import TrainImages, build_datasets, build_train_stream, build_transform, train_images, with_transform
 
 
-def write_images(root: Path, count: int, size: tuple[int, int], classes: int, seed: int = 0) -> Path:
-    """``count`` JPEGs of ``size`` (width, height) under root/img, and root/train.txt listing them."""
+def write_images(root: Path, count: int, size: tuple[int, int], classes: int, seed: int = 0,
+                 quality: int = 90) -> Path:
+    """``count`` JPEGs of ``size`` (width, height) and ``quality`` under root/img, and root/train.txt listing them."""
     rng = np.random.default_rng(seed)
     (root / "img").mkdir(parents=True, exist_ok=True)
     lines = []
@@ -39,20 +47,24 @@ def write_images(root: Path, count: int, size: tuple[int, int], classes: int, se
         coarse = rng.integers(0, 256, (size[1] // 16 + 1, size[0] // 16 + 1, 3), dtype=np.uint8)
         img = Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC)
         noisy = np.asarray(img, dtype=np.int16) + rng.integers(-12, 13, (size[1], size[0], 3))
-        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(root / "img" / f"{i:06d}.jpg", quality=90)
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(root / "img" / f"{i:06d}.jpg", quality=quality)
         lines.append(f"img/{i:06d}.jpg {i % classes}")
     (root / "train.txt").write_text("\n".join(lines) + "\n")
     return root / "train.txt"
 
 
-def measure(root: Path, listing: Path, workers: int, batch: int, steps: int, normalize: bool) -> dict:
+def measure(root: Path, listing: Path, workers: int, batch: int, steps: int, decode: str, normalize: bool,
+            device: str | None, overrides: list[str] = ()) -> dict:
     cfg = load_config("places_lt", [f"data.root={root}", f"data.train_list={listing}", f"data.test_list={listing}",
-                                    f"data.num_workers={workers}"])
+                                    f"data.num_workers={workers}", f"data.decode={decode}", *overrides])
     splits = build_datasets(cfg.data)
-    splits.train.transform = build_transform(cfg.data, train=True, normalize=normalize)  # uint8: as lpt train does
-    stream = build_train_stream(splits.train, "dual", batch, cfg.data.samples_per_class, workers, cfg.seed,
-                                rank=0, world_size=1, pin_memory=torch.cuda.is_available())
-    times, images, epoch = [], 0, 0
+    images = train_images(splits.train, cfg.data, device or "cpu")  # uint8: as lpt train does
+    if normalize:
+        images = TrainImages(with_transform(splits.train, build_transform(cfg.data, train=True)), finish=None)
+    stream = build_train_stream(images.dataset, "dual", batch, cfg.data.samples_per_class, workers, cfg.seed,
+                                rank=0, world_size=1, pin_memory=torch.cuda.is_available(), collate=images.collate)
+    finish = _finisher(images, device)
+    times, count, epoch = [], 0, 0
 
     def epochs():
         nonlocal epoch
@@ -64,14 +76,36 @@ def measure(root: Path, listing: Path, workers: int, batch: int, steps: int, nor
     it = epochs()
     for step in range(2 + steps):
         start = time.perf_counter()
-        batches = next(it)
+        batches = {k: (finish(x), y) for k, (x, y) in next(it).items()}
         if step >= 2:
             times.append(time.perf_counter() - start)
-            images += sum(len(y) for _, y in batches.values())
-    return {"workers_per_stream": workers, "output": "float32" if normalize else "uint8", "batch": batch,
-            "steps": steps,
-            "images_per_s": round(images / sum(times), 1),
+            count += sum(len(y) for _, y in batches.values())
+    processes = 2 * workers or 1
+    return {"decode": decode, "decoded_as": _decoded_as(images), "interpolation": cfg.data.interpolation,
+            "device": device, "workers_per_stream": workers,
+            "output": "float32" if normalize else "uint8", "batch": batch, "steps": steps,
+            "images_per_s": round(count / sum(times), 1),
+            "images_per_s_per_process": round(count / sum(times) / processes, 1),
             "median_step_ms": round(1000 * statistics.median(times), 1)}
+
+
+def _finisher(images: TrainImages, device: str | None):
+    """The trainer's move-and-finish of a batch on ``device``, synchronised; without a device, nothing."""
+    if device is None:
+        return lambda x: x
+    finish = images.finish or (lambda x: x)
+
+    def run(x):
+        out = finish(x.to(device, non_blocking=True))
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+        return out
+    return run
+
+
+def _decoded_as(images: TrainImages) -> str:
+    reader = type(getattr(images.dataset, "reader", None)).__name__
+    return {"FastCrop": "fast", "EncodedCrop": "gpu"}.get(reader, "exact")
 
 
 def main() -> None:
@@ -82,18 +116,36 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--images", type=int, default=3000, help="JPEG files written (steps cycle through them)")
     p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--root", type=Path, default=None,
+                   help="time the JPEGs of bench/synthetic_images.py's DIR (DIR/train.txt) instead of writing new ones")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the written files")
+    p.add_argument("--decode", nargs="+", default=["exact"], choices=["exact", "fast", "gpu"],
+                   help="data.decode paths to time, each at every worker count")
+    p.add_argument("--device", default=None, help="finish each batch there as the trainer does (cuda, cpu)")
     p.add_argument("--float", action="store_true",
-                   help="normalise in the loader processes (float32 batches) instead of lpt's uint8 batches")
+                   help="normalise in the loader processes (float32 batches) instead of lpt's uint8 batches (exact)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="more overrides of the places_lt preset, e.g. data.interpolation=bicubic")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of this process (1, as PyTorch sets in loader processes)")
     args = p.parse_args()
+    if args.float and args.decode != ["exact"]:
+        p.error("--float normalises in the exact path's transform; use it with --decode exact")
+    torch.set_num_threads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        listing = write_images(root, args.images, size, args.classes)
-        mean_kb = sum(f.stat().st_size for f in (root / "img").iterdir()) / args.images / 1024
+        root = args.root or Path(tmp)
+        listing = root / "train.txt" if args.root else write_images(root, args.images, size, args.classes,
+                                                                     quality=args.quality)
+        jpegs = list((root / "img").iterdir())
+        mean_kb = sum(f.stat().st_size for f in jpegs) / len(jpegs) / 1024
         for workers in args.workers:
-            result = measure(root, listing, workers, args.batch, args.steps, normalize=args.float)
-            print(json.dumps({"size": args.size, "jpeg_kb": round(mean_kb, 1), "cpu_cores": os.cpu_count(),
-                              **result}), flush=True)
+            for decode in args.decode:
+                result = measure(root, listing, workers, args.batch, args.steps, decode, args.float, args.device,
+                                 args.set)
+                print(json.dumps({"size": args.size, "quality": args.quality, "jpeg_kb": round(mean_kb, 1),
+                                  "cpu_cores": os.cpu_count(), "loadavg_1min": round(os.getloadavg()[0], 2),
+                                  **result}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# data.decode on a GPU machine, in one go (issue 15, item 4; not yet run): for synthetic JPEGs of Places365's
+# size (256 x 256) and iNaturalist's (800 x 600), both quality 90,
+#   1. bench/loader.py: images/s of the training loader per decode path (exact, fast, gpu) with the batches
+#      finished on the GPU as the trainer finishes them (normalised; decoded there under gpu), at 1 and at
+#      WORKERS loader processes per stream;
+#   2. bench/decode_diff.py on the CPU: how far fast's and gpu's crops are from exact's (nvJPEG itself is measured
+#      by step 3's runs only);
+#   3. bench/throughput.py: the model-only rate of LPT phase 1 and phase 2 training steps (images on the GPU);
+#   4. lpt train --config places_lt end to end on the same JPEGs, per decode path (phase 1: 2 epochs, the second
+#      is the steady rate; phase 2: 1 epoch), to set against step 3.
+# ViT-B/16 with random weights, 224 px, bf16 (the preset's), batch 256 per stream as in the paper.
+#
+#   bash bench/gpu_decode.sh OUT_DIR [WORKERS] [STEPS]   # lpt importable; WORKERS default (cores - 2) / 2
+#   STEPS: any of data loader diff throughput train (default all, in that order); each command has a 300 s limit
+#
+# Writes OUT_DIR/gpu.txt, loader.jsonl, decode_diff.jsonl, throughput.jsonl, train_<size>_<decode>/ (each run's
+# directory: metrics.jsonl has images/s per epoch), errors.log and commands.txt (every command as run).
+set -u
+out=${1:?usage: bench/gpu_decode.sh OUT_DIR [WORKERS] [STEPS]}
+workers=${2:-$(( ($(nproc) - 2) / 2 ))}
+steps=${3:-data loader diff throughput train}
+here=$(dirname "$0")
+py=${PYTHON:-python}
+lpt=${LPT:-lpt}
+mkdir -p "$out"
+sizes=(256x256 800x600)
+images=6144
+
+run() {  # one command, logged, time-limited; a failure is recorded and the sweep goes on
+    echo "$*" >>"$out/commands.txt"
+    timeout 300 "$@" 2>>"$out/errors.log" || echo "{\"failed\": \"$*\"}" | tee -a "$out/errors.log"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+"$py" -c "import torch, torchvision, simplejpeg; print('torch', torch.__version__, 'torchvision', \
+torchvision.__version__, 'simplejpeg', simplejpeg.__version__, 'cpu cores', __import__('os').cpu_count())" \
+    | tee -a "$out/gpu.txt"
+
+for size in "${sizes[@]}"; do
+    data="$out/jpeg_$size"
+    case " $steps " in *" data "*)
+        [ -f "$data/train.txt" ] || run "$py" "$here/synthetic_images.py" "$data" --images "$images" --size "$size";;
+    esac
+    case " $steps " in *" loader "*)
+        run "$py" "$here/loader.py" --root "$data" --size "$size" --workers 1 "$workers" --decode exact fast gpu \
+            --device cuda --batch 256 --steps 15 >>"$out/loader.jsonl"
+        tail -n 6 "$out/loader.jsonl";;
+    esac
+    case " $steps " in *" diff "*)
+        run "$py" "$here/decode_diff.py" --size "$size" --images 60 --keys 3 >>"$out/decode_diff.jsonl";;
+    esac
+done
+
+case " $steps " in *" throughput "*)
+    for method in lpt1 lpt2; do
+        run "$py" "$here/throughput.py" --method "$method" --mode train --backbone vit_base_patch16_224 --img 224 \
+            --batch 256 --device cuda --precision bf16 >>"$out/throughput.jsonl"
+        tail -n 1 "$out/throughput.jsonl"
+    done;;
+esac
+
+case " $steps " in *" train "*)
+    for size in "${sizes[@]}"; do
+        data="$out/jpeg_$size"
+        for decode in exact fast gpu; do
+            run "$lpt" train --config places_lt --out "$out/train_${size}_$decode" --overwrite \
+                "data.root=$data" "data.train_list=$data/train.txt" "data.test_list=$data/test.txt" \
+                model.pretrained=false model.backbone=vit_base_patch16_224 phase1.epochs=2 phase2.epochs=1 \
+                "data.num_workers=$workers" "data.decode=$decode" progress=false
+            grep -h '"epoch"' "$out/train_${size}_$decode/metrics.jsonl" | tail -n 2
+        done
+    done;;
+esac
