@@ -1,4 +1,5 @@
-"""Every ``lpt train`` command in docs/reproduce.md resolves to a config ``lpt train`` would accept.
+"""Every ``lpt train`` (and ``lpt eval --zero-shot``) command in docs/reproduce.md resolves to a config the
+command would accept.
 
 Each command is read from the page's fenced code blocks (line continuations joined, shell variables
 set in those blocks expanded as bash would), parsed by the CLI's own parser, and resolved as
@@ -19,6 +20,7 @@ import pytest
 from lpt.cli import build_parser
 from lpt.config import ConfigError, load_config
 from lpt.methods import check_config
+from lpt.methods.zeroshot import ZERO_SHOT_OVERRIDES
 from lpt.model.build import check_fits
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reproduce.md"
@@ -38,8 +40,9 @@ def expand(word: str, env: dict[str, str]) -> list[str]:
     return [re.sub(r"\$\{?([A-Z_][A-Z0-9_]*)\}?", lambda m: env[m.group(1)], word)]
 
 
-def train_commands(text: str) -> list[list[str]]:
-    """The argument lists (after ``train``) of every ``lpt train`` / ``-m lpt.cli train`` command."""
+def train_commands(text: str, subcommand: str = "train") -> list[list[str]]:
+    """The argument lists (after ``train``) of every ``lpt train`` / ``-m lpt.cli train`` command (or of another
+    subcommand)."""
     env: dict[str, str] = {}
     commands = []
     for block in fenced_blocks(text):
@@ -51,23 +54,29 @@ def train_commands(text: str) -> list[list[str]]:
                     env[name] = expand(value, env)[0]
                     continue
                 for i, word in enumerate(words[:-1]):
-                    if word in ("lpt", "lpt.cli") and words[i + 1] == "train":
+                    if word in ("lpt", "lpt.cli") and words[i + 1] == subcommand:
                         commands.append([w for word in words[i + 2:] for w in expand(word, env)])
     return commands
 
 
-def resolve(argv: list[str], stand_in: Path):
-    """The config ``lpt train`` would run for ``argv``, data paths replaced by ``stand_in``."""
-    args = build_parser().parse_args(["train", *argv])
+def resolve(argv: list[str], stand_in: Path, subcommand: str = "train"):
+    """The config ``lpt train`` (or ``lpt eval --zero-shot``) would run for ``argv``, data paths replaced by
+    ``stand_in``."""
+    args = build_parser().parse_args([subcommand, *argv])
     overrides = [f"{o.split('=', 1)[0]}={stand_in}" if o.split("=", 1)[0] in DATA_PATH_KEYS else o
                  for o in args.overrides]
-    cfg = load_config(args.config, overrides + (["deterministic=true"] if args.deterministic else []))
+    if subcommand == "eval":
+        assert args.zero_shot, "the page evaluates runs with lpt eval --run only where it says so"
+        cfg = load_config(args.config, ZERO_SHOT_OVERRIDES + overrides)
+    else:
+        cfg = load_config(args.config, overrides + (["deterministic=true"] if args.deterministic else []))
     check_config(cfg)
     check_fits(cfg.model, cfg.data.img_size)
     return cfg
 
 
 COMMANDS = train_commands(DOC.read_text())
+ZERO_SHOT = [argv for argv in train_commands(DOC.read_text(), "eval") if "--zero-shot" in argv]
 
 
 @pytest.fixture
@@ -88,6 +97,15 @@ def test_the_page_has_a_command_for_every_paper_preset():
 def test_every_command_resolves(argv, stand_in):
     cfg = resolve(argv, stand_in)
     assert cfg.data.root == str(stand_in)  # the data paths came from the page's variables, all set
+
+
+@pytest.mark.parametrize("argv", ZERO_SHOT, ids=lambda argv: " ".join(argv[:4]))
+def test_every_zero_shot_command_resolves(argv, stand_in):
+    assert resolve(argv, stand_in, "eval").method == "zeroshot"
+
+
+def test_the_page_evaluates_clip_zero_shot():
+    assert ZERO_SHOT
 
 
 @pytest.mark.parametrize("broken", [
