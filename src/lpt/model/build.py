@@ -35,12 +35,12 @@ def build_lpt(backbone: VisionTransformer, m: ModelConfig, num_classes: int, tra
 def check_fits(m: ModelConfig, img_size: int) -> None:
     """Refuse, before any data loads or weights are read, a model section the backbone cannot take: K not
     below its depth, or images of another size than its patch grid."""
-    if m.text:
-        text_model_name(m)  # open_clip installed, and the text tower's name known
     arch, _, tag = m.backbone.partition(".")
     if "_clip_" in arch and "quickgelu" not in arch and tag == "openai":
         log.warning("%s runs OpenAI's CLIP weights with GELU; they were trained with QuickGELU: %s gives the "
                     "original model", m.backbone, arch.replace("_clip_", "_clip_quickgelu_") + ".openai")
+    if m.text:
+        text_model_name(m)  # open_clip installed, and the text tower's name known
     if m.text and "." not in m.backbone:
         raise ConfigError(f"config key 'model.backbone' is {m.backbone!r} without a weights tag; with model.text name "
                           f"the CLIP weights, e.g. {m.backbone}.openai (untagged, timm takes its default tag, which "

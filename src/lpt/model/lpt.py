@@ -180,14 +180,14 @@ class LPT(nn.Module):
         return h_k, deep_prompt_blocks(self.backbone, h_k, self.shared_prompt[k:], start=k)
 
     def phase1_feature(self, images: torch.Tensor) -> torch.Tensor:
-        """Feature of the phase-1 model ``[B, D]``: final norm at the class token after L blocks with
-        the shared prompt (deep or shallow)."""
+        """Feature of the phase-1 model ``[B, D]`` (``[B, E]`` with the projection): final norm and pooling after
+        L blocks with the shared prompt (deep or shallow)."""
         if self.shallow:
             return shallow_prompt_forward(self.backbone, images, self.shared_prompt[0], project=self.projection)
         return self._pool(self._shared_pass(images)[1])
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
-        """Phase-2 query ``[B, D]``: the phase-1 feature, or the plain ViT's feature with ``query='plain'``."""
+        """Phase-2 query (of the feature's size): the phase-1 feature, or with ``query='plain'`` the plain ViT's."""
         return self.plain_feature(images) if self.plain_query else self.phase1_feature(images)
 
     def plain_feature(self, images: torch.Tensor) -> torch.Tensor:

@@ -53,11 +53,12 @@ def text_model_name(m: ModelConfig) -> str:
     return name
 
 
-def text_tower(m: ModelConfig) -> torch.nn.Module:
-    """The open_clip model of ``model.text`` with weights ``model.text_pretrained`` (a tag such as ``openai``, or a
-    file), else ``model.checkpoint`` (an open_clip checkpoint holds both towers), else random (with a warning)."""
+def text_tower(m: ModelConfig, name: str) -> torch.nn.Module:
+    """The open_clip model ``name`` (:func:`text_model_name` of ``model.text``) with weights
+    ``model.text_pretrained`` (a tag such as ``openai``, or a file), else ``model.checkpoint`` (an open_clip
+    checkpoint holds both towers), else random (with a warning)."""
     open_clip = require_open_clip()
-    name, weights = text_model_name(m), m.text_pretrained or m.checkpoint
+    weights = m.text_pretrained or m.checkpoint
     if not weights:
         log.warning("TEXT TOWER '%s' IS RANDOMLY INITIALISED: no model.text_pretrained or model.checkpoint", name)
     quick_gelu = bool(open_clip.get_pretrained_cfg(name, weights).get("quick_gelu", False)) if weights else False
@@ -76,8 +77,9 @@ def class_embeddings(m: ModelConfig, names: list[str], device: torch.device, pro
     """Unit-norm text embeddings ``[C, E]`` of the class names under ``model.templates``, and CLIP's logit scale
     (``exp`` of the learned temperature), from the text tower of ``model.text``."""
     open_clip = require_open_clip()
-    model = text_tower(m).to(device).eval()
-    tokenizer = open_clip.get_tokenizer(text_model_name(m))
+    name = text_model_name(m)
+    model = text_tower(m, name).to(device).eval()
+    tokenizer = open_clip.get_tokenizer(name)
     weights = open_clip.build_zero_shot_classifier(model, tokenizer, names, prompt_templates(m.templates),
                                                    num_classes_per_batch=10, device=device, use_tqdm=progress)
     return weights.t().float().cpu().contiguous(), float(model.logit_scale.exp())

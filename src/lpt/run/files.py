@@ -236,27 +236,30 @@ def read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return read_tensors(Path(run_dir) / CHECKPOINT)
 
 
+def _registered(method: str):
+    """The method class a run names, or None for a name no longer registered (a run of another lpt version)."""
+    try:
+        return get_method(method)
+    except ConfigError:
+        return None
+
+
 def trains_on_features(method: str) -> bool:
     """Whether a method trains on features computed once (its throughput counts features, not images)."""
-    try:
-        return get_method(method).features
-    except ConfigError:
-        return False
+    cls = _registered(method)
+    return cls is not None and cls.features
 
 
 def trains_anything(method: str) -> bool:
     """False for a method without a phase (zero-shot CLIP: its classifier is computed, not trained)."""
-    try:
-        return bool(get_method(method).phases)
-    except ConfigError:
-        return True
+    cls = _registered(method)
+    return cls is None or bool(cls.phases)
 
 
 def method_label(method: str, phase: int | None = None) -> str:
     """Readable method name, with the phase for a two-phase method (``LPT phase 2``)."""
-    try:
-        cls = get_method(method)
-    except ConfigError:
+    cls = _registered(method)
+    if cls is None:
         return method
     return f"{cls.label} phase {phase}" if phase and len(cls.phases) > 1 else cls.label
 
