@@ -13,7 +13,8 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# the install also builds data.decode=fast's cropped JPEG decoder (C), where libjpeg-turbo's headers are
+$(STAMP): pyproject.toml src/lpt/data/_jpegcrop.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'

@@ -7,12 +7,14 @@ import logging
 
 import numpy as np
 import pytest
+import simplejpeg
 import torch
 from PIL import Image
 
 from lpt.config import ConfigError, DataConfig, load_config
 from lpt.data import TrainImages, build_train_stream, build_transform, train_images
 from lpt.data.datasets import ArrayImageDataset, BadImageError, FileImageDataset, load_rgb
+from lpt.data import decode as decode_module
 from lpt.data.decode import Box, FastCrop, FileCrops, reduction_for
 from lpt.data.gpu_decode import (DeviceDecode, EncodedBatch, EncodedCrop, EncodedImage, collate_encoded,
                                  gpu_decode_problem, resolve_decode)
@@ -160,6 +162,95 @@ def test_an_unreadable_file_fails_with_the_exact_paths_message(broken):
             assert str(fast_error.value).startswith(f"{path}: cannot read image (")
 
 
+def jpegcrop():
+    """The cropped decoder, which `make install` builds (CI installs libjpeg-turbo's headers first)."""
+    assert decode_module._jpegcrop is not None, (
+        "lpt.data._jpegcrop is not built: install libjpeg-turbo's headers (Debian/Ubuntu: apt install libjpeg-dev), "
+        "then reinstall lpt (rm .venv/.installed; make install)")
+    return decode_module._jpegcrop
+
+
+@pytest.fixture(scope="module")
+def jpeg_kinds(files, tmp_path_factory):
+    """Chroma subsampling 4:4:4, 4:2:2 and 4:2:0 at a size that is no multiple of the block size, restart markers,
+    greyscale and progressive JPEGs."""
+    root = tmp_path_factory.mktemp("kinds")
+    out = {f"subsampling{s}": save(root / f"s{s}.jpg", photo_like(203, 157, 10 + s), quality=90, subsampling=s)
+           for s in (0, 1, 2)}
+    out["restarts"] = save(root / "restarts.jpg", photo_like(170, 130, 13), quality=85, restart_marker_blocks=3)
+    return out | {k: files[k] for k in ("grey", "progressive", "jpeg800x600")}
+
+
+def regions(height: int, width: int, rng: np.random.Generator, count: int):
+    """The whole image, its four corner pixels and ``count`` random regions, as (top, left, height, width)."""
+    yield 0, 0, height, width
+    yield from ((t, left, 1, 1) for t in (0, height - 1) for left in (0, width - 1))
+    for _ in range(count):
+        h, w = int(rng.integers(1, height + 1)), int(rng.integers(1, width + 1))
+        yield int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+
+
+def test_the_cropped_decoder_gives_the_whole_decodes_pixels_bit_for_bit(jpeg_kinds):
+    """libjpeg-turbo's partial decompression (skip above, crop around, stop below) with lpt's one-pixel margin
+    equals simplejpeg's whole decode at each DCT scale, for every region, chroma subsampling and file kind."""
+    rng = np.random.default_rng(0)
+    for name, path in jpeg_kinds.items():
+        data = open(path, "rb").read()
+        for reduction in (1, 2, 4, 8):
+            height, width = simplejpeg.decode_jpeg_header(data)[:2]
+            whole = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-height // reduction),
+                                           min_width=-(-width // reduction))
+            for top, left, h, w in regions(*whole.shape[:2], rng, 25):
+                out = np.empty((h, w, 3), np.uint8)
+                jpegcrop().decode_region(data, out, reduction, top, left, h, w)
+                assert np.array_equal(out, whole[top:top + h, left:left + w]), (name, reduction, top, left, h, w)
+
+
+def test_fast_crops_are_the_same_with_and_without_the_cropped_decoder(files, jpeg_kinds, tmp_path, monkeypatch):
+    """The extension changes the speed only: same boxes, same crops, also for a JPEG whose data is corrupt in the
+    middle (both decoders refuse it and PIL decodes it, as on the exact path)."""
+    data = bytearray(open(files["jpeg300x260"], "rb").read())
+    data[len(data) // 2:len(data) // 2 + 40] = bytes(range(40))
+    (tmp_path / "corrupt.jpg").write_bytes(data)
+    paths = [*jpeg_kinds.values(), files["jpeg400x40"], files["jpeg57x41"], str(tmp_path / "corrupt.jpg")]
+    cfg = config()
+    cropped = [keyed(FastCrop(cfg), p, key) for p in paths for key in range(12)]
+    monkeypatch.setattr(decode_module, "_jpegcrop", None)
+    whole = [keyed(FastCrop(cfg), p, key) for p in paths for key in range(12)]
+    assert all(torch.equal(a, b) for a, b in zip(cropped, whole))
+
+
+def test_a_jpeg_truncated_below_the_box_is_still_named(files, tmp_path):
+    """The cropped decoder never reads past the box, so a file without its end-of-image marker is decoded whole:
+    the truncation is found whatever the box, as on the exact path."""
+    data = open(files["jpeg800x600"], "rb").read()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 9 // 10])
+    path = str(tmp_path / "cut.jpg")
+    fast = FastCrop(config())
+    fast.draw = lambda height, width: (Box(0, 0, 64, 64), False)  # the top rows, which the file still holds
+    out = np.empty((64, 64, 3), np.uint8)
+    jpegcrop().decode_region(data[: len(data) * 9 // 10], out, 1, 0, 0, 64, 64)  # what a blind crop would accept
+    with pytest.raises(BadImageError, match=rf"^{path}: cannot read image \("):
+        FileCrops(FileImageDataset([path], [0], ["a"]), fast)[0]
+
+
+def test_the_cropped_decoder_refuses_bad_input_in_one_line(files):
+    data = open(files["jpeg120x90"], "rb").read()
+    decode = jpegcrop().decode_region
+    out = np.empty((10, 10, 3), np.uint8)
+    for args, message in [((data, out, 3, 0, 0, 10, 10), "reduction must be 1, 2, 4 or 8, got 3"),
+                          ((data, out, 1, 85, 0, 10, 10), "region rows 85..94, columns 0..9 outside the 90 x 120"),
+                          ((data, out, 2, 0, 55, 10, 10), "columns 55..64 outside the 45 x 60 image"),
+                          ((data, out, 1, -1, 0, 10, 10), "expected a non-empty region at non-negative offsets"),
+                          ((data, out, 1, 0, 0, 10, 9), "out holds 300 bytes, expected 10 x 9 x 3"),
+                          ((b"hello", out, 1, 0, 0, 10, 10), "Not a JPEG file"),
+                          ((data[:200] + bytes(200) + data[400:], out, 1, 80, 0, 10, 10), "Corrupt JPEG data")]:
+        with pytest.raises(ValueError, match=message):
+            decode(*args)
+    with pytest.raises(TypeError):
+        decode(data, bytes(300), 1, 0, 0, 10, 10)  # out must be writable
+
+
 def test_a_jpeg_the_device_cannot_decode_is_named(broken, files):
     cfg = config()
     batch, _ = collate_encoded([(keyed(EncodedCrop(cfg), p, 0), 0) for p in (files["jpeg120x90"], broken[0])])
@@ -242,6 +333,21 @@ def test_without_nvjpeg_the_gpu_path_says_why(monkeypatch):
             "no nvJPEG decode on cuda:0 (torchvision was built without nvJPEG)")
     finally:
         gpu_decode_problem.cache_clear()
+
+
+def test_a_fast_path_without_the_cropped_decoder_says_so_once(monkeypatch, caplog):
+    cpu = torch.device("cpu")
+    for built in (True, False):
+        if not built:
+            monkeypatch.setattr(decode_module, "_jpegcrop", None)
+        resolve_decode.cache_clear()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="lpt"):
+            for _ in range(2):  # both phases ask
+                assert resolve_decode("fast", cpu) == "fast" and resolve_decode("gpu", cpu) == "fast"
+        notes = [r.getMessage() for r in caplog.records if "cropped JPEG decoder is not built" in r.getMessage()]
+        assert notes == ([] if built else ["data.decode=fast: " + decode_module.whole_decode_note()] * 2)
+    resolve_decode.cache_clear()
 
 
 def test_a_bad_decode_value_is_refused_naming_key_value_and_choices():

@@ -4,9 +4,13 @@ The exact path (``data.decode=exact``) decodes every pixel of an image file, the
 cuts a box out of it and resizes the box to ``img_size``. On an 800 x 600 JPEG much of that work is wasted: the box
 holds on average about half the pixels, and resizing a large box costs as much as decoding. Here the box is drawn
 first, from the image's size in the file header and by the very calls the exact path makes (:class:`CropDraw`, so
-for one augmentation key the box and the flip are the same); libjpeg-turbo (simplejpeg) then decodes the file at the
-smallest of its DCT scales 1, 1/2, 1/4, 1/8 at which the box still spans ``img_size`` pixels both ways; the box,
-mapped onto that image, is resized to ``img_size`` and flipped.
+for one augmentation key the box and the flip are the same); libjpeg-turbo then decodes the file at the smallest of
+its DCT scales 1, 1/2, 1/4, 1/8 at which the box still spans ``img_size`` pixels both ways; the box, mapped onto that
+image, is resized to ``img_size`` and flipped.
+
+The decode reads only the box's region where lpt's C extension ``_jpegcrop`` was built (it needs libjpeg-turbo's
+headers at install): no inverse DCT outside the box, no entropy decoding below it, the same pixels as a whole decode.
+Without it simplejpeg decodes the whole image at that scale, with the same result, slower on large JPEGs.
 
 The crop differs from the exact path's by the resampling only. Where the file is decoded at full scale (the box's
 shorter side is under twice ``img_size``), torch's antialiased resize replaces PIL's and agrees with it within 1
@@ -32,6 +36,11 @@ from torch.utils.data import Dataset
 from lpt.config import DataConfig
 from lpt.data.datasets import FileImageDataset, load_rgb
 from lpt.data.transforms import rrc_flip
+
+try:
+    from lpt.data import _jpegcrop
+except ImportError:  # not built: no libjpeg-turbo headers where lpt was installed (pyproject.toml's ext-modules)
+    _jpegcrop = None
 
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 # libjpeg's power-of-two reductions: 1/2 and 1/4 have SIMD inverse DCTs; 3/8 ... 7/8 decode slower than full scale
@@ -99,6 +108,32 @@ def decode_reduced(data: bytes, size: tuple[int, int], reduction: int) -> np.nda
     return pixels if pixels.shape[:2] == shape else None
 
 
+def whole_decode_note() -> str | None:
+    """Why ``data.decode=fast`` decodes each JPEG whole, where it does; None where it decodes the box only."""
+    if _jpegcrop is None:
+        return ("lpt's cropped JPEG decoder is not built (libjpeg-turbo's headers were missing when lpt was "
+                "installed: README, Performance); JPEGs are decoded whole at the reduced scale, the same crops, slower")
+    return None
+
+
+def decode_box(data: bytes, size: tuple[int, int], box: Box, reduction: int) -> tuple[np.ndarray | None, Box]:
+    """The pixels of the JPEG at DCT scale ``1 / reduction`` that ``box`` covers (its hull in whole scaled pixels)
+    and ``box`` moved to match them; (None, box) where libjpeg-turbo finds the data corrupt. With ``_jpegcrop``
+    only the hull is decoded, but only for a file that ends in its end-of-image marker: a truncated file is decoded
+    whole, so that it is named whatever the box (libjpeg would not notice a truncation below the box)."""
+    if _jpegcrop is None or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return decode_reduced(data, size, reduction), box
+    y0, x0 = box.top // reduction, box.left // reduction
+    y1 = min(-(-(box.top + box.height) // reduction), -(-size[0] // reduction))
+    x1 = min(-(-(box.left + box.width) // reduction), -(-size[1] // reduction))
+    pixels = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+    try:
+        _jpegcrop.decode_region(data, pixels, reduction, y0, x0, y1 - y0, x1 - x0)
+    except ValueError:
+        return None, box
+    return pixels, box._replace(top=box.top - y0 * reduction, left=box.left - x0 * reduction)
+
+
 def resize_box(pixels: np.ndarray, box: Box, reduction: int, size: int, interpolation: str) -> torch.Tensor:
     """``box`` (in full-image pixels) of ``pixels`` (the image decoded at ``1 / reduction``, [H, W, 3]) resized to
     ``size`` x ``size``: uint8 [3, size, size], strided as [size, size, 3] (collating copies it anyway).
@@ -131,7 +166,7 @@ class FastCrop:
         if size is not None:
             box, flip = self.draw(*size)
             reduction = reduction_for(box, self.size)
-            pixels = decode_reduced(data, size, reduction)
+            pixels, box = decode_box(data, size, box, reduction)
         if pixels is None:  # decoded whole by PIL, as the exact path decodes it (or named unreadable)
             image = load_rgb(path)
             if size is None:

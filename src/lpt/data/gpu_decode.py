@@ -25,7 +25,7 @@ from torchvision import io as tvio
 
 from lpt.config import DataConfig
 from lpt.data.datasets import SKIP_HINT, BadImageError
-from lpt.data.decode import Box, FastCrop, jpeg_size, read_bytes
+from lpt.data.decode import Box, FastCrop, jpeg_size, read_bytes, whole_decode_note
 from lpt.data.transforms import BatchNormalize
 from lpt.utils import log
 
@@ -152,12 +152,14 @@ def gpu_decode_problem(device: torch.device) -> str | None:
 def resolve_decode(decode: str, device: torch.device, applies: bool = True) -> str:
     """The decode path a run takes for ``data.decode``: exact where no other applies (``applies`` False: images held
     in memory, or a train_aug other than rrc_flip), fast in place of gpu where the device cannot decode JPEGs; each
-    said in one line, once per process (both phases ask)."""
+    said in one line, once per process (both phases ask), as is a fast path that decodes JPEGs whole."""
     if decode != "exact" and not applies:
         log.info("data.decode=%s applies to train_aug=rrc_flip on image files; these training images are decoded "
                  "exactly", decode)
         return "exact"
     if decode == "gpu" and (problem := gpu_decode_problem(device)) is not None:
         log.warning("data.decode=gpu: %s; decoding on the CPU as data.decode=fast", problem)
-        return "fast"
+        decode = "fast"
+    if decode == "fast" and (note := whole_decode_note()) is not None:
+        log.info("data.decode=fast: %s", note)
     return decode
