@@ -1,6 +1,6 @@
 """Training-loader throughput: how many images/s lpt's data pipeline delivers, per worker count and decode path.
 
-    python bench/loader.py [--size 256x256] [--workers 2 4 8] [--decode exact fast gpu] [--device cuda]
+    python bench/loader.py [--size 256x256] [--workers 2 4 8] [--decode exact fast fast-whole gpu] [--device cuda]
                            [--batch 256] [--steps 20] [--images 3000] [--quality 90] [--threads 1]
                            [--set data.interpolation=bicubic ...] [--root DIR]
 
@@ -17,6 +17,8 @@ or this one with 0 workers). This is the rate the GPU can be fed; compare it wit
 With ``--device``, each step's batches are also moved there and finished as the trainer finishes them
 (normalised; decoded first under ``gpu``), synchronised, inside the timed step: the only way to time ``gpu``,
 whose loader processes only read bytes. Without a CUDA device ``gpu`` runs as ``fast`` (``decoded_as`` says so).
+``fast-whole`` is ``fast`` as it runs where lpt's cropped JPEG decoder was not built (each JPEG decoded whole at the
+box's DCT scale by simplejpeg): the same crops, to time what the decoder saves.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+import lpt.data.decode
 
 from lpt.config import load_config
 from lpt.data import TrainImages, build_datasets, build_train_stream, build_transform, train_images, with_transform
@@ -55,8 +59,9 @@ def write_images(root: Path, count: int, size: tuple[int, int], classes: int, se
 
 def measure(root: Path, listing: Path, workers: int, batch: int, steps: int, decode: str, normalize: bool,
             device: str | None, overrides: list[str] = ()) -> dict:
+    path = "fast" if decode == "fast-whole" else decode
     cfg = load_config("places_lt", [f"data.root={root}", f"data.train_list={listing}", f"data.test_list={listing}",
-                                    f"data.num_workers={workers}", f"data.decode={decode}", *overrides])
+                                    f"data.num_workers={workers}", f"data.decode={path}", *overrides])
     splits = build_datasets(cfg.data)
     images = train_images(splits.train, cfg.data, device or "cpu")  # uint8: as lpt train does
     if normalize:
@@ -119,8 +124,9 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=None,
                    help="time the JPEGs of bench/synthetic_images.py's DIR (DIR/train.txt) instead of writing new ones")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the written files")
-    p.add_argument("--decode", nargs="+", default=["exact"], choices=["exact", "fast", "gpu"],
-                   help="data.decode paths to time, each at every worker count")
+    p.add_argument("--decode", nargs="+", default=["exact"], choices=["exact", "fast", "fast-whole", "gpu"],
+                   help="data.decode paths to time, each at every worker count (fast-whole: fast without lpt's "
+                        "cropped JPEG decoder)")
     p.add_argument("--device", default=None, help="finish each batch there as the trainer does (cuda, cpu)")
     p.add_argument("--float", action="store_true",
                    help="normalise in the loader processes (float32 batches) instead of lpt's uint8 batches (exact)")
@@ -132,6 +138,7 @@ def main() -> None:
     if args.float and args.decode != ["exact"]:
         p.error("--float normalises in the exact path's transform; use it with --decode exact")
     torch.set_num_threads(args.threads)
+    cropped_decoder = lpt.data.decode._jpegcrop
     size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or Path(tmp)
@@ -141,6 +148,7 @@ def main() -> None:
         mean_kb = sum(f.stat().st_size for f in jpegs) / len(jpegs) / 1024
         for workers in args.workers:
             for decode in args.decode:
+                lpt.data.decode._jpegcrop = None if decode == "fast-whole" else cropped_decoder
                 result = measure(root, listing, workers, args.batch, args.steps, decode, args.float, args.device,
                                  args.set)
                 print(json.dumps({"size": args.size, "quality": args.quality, "jpeg_kb": round(mean_kb, 1),
