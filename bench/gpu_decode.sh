@@ -14,6 +14,8 @@
 #   bash bench/gpu_decode.sh OUT_DIR [WORKERS] [STEPS]   # lpt importable; WORKERS default (cores - 2) / 2
 #   STEPS: any of data loader diff throughput train (default all, in that order); each command has a 300 s limit
 #
+# The built cropped decoder, src/lpt/data/_jpegcrop*.so, is git-ignored: a copy of the tree needs it carried along or
+# rebuilt (make install), or fast decodes whole images; gpu.txt says which.
 # Writes OUT_DIR/gpu.txt, loader.jsonl, decode_diff.jsonl, throughput.jsonl, train_<size>_<decode>/ (each run's
 # directory: metrics.jsonl has images/s per epoch), errors.log and commands.txt (every command as run).
 set -u
@@ -35,6 +37,8 @@ run() {  # one command, logged, time-limited; a failure is recorded and the swee
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 "$py" -c "import torch, torchvision, simplejpeg; print('torch', torch.__version__, 'torchvision', \
 torchvision.__version__, 'simplejpeg', simplejpeg.__version__, 'cpu cores', __import__('os').cpu_count())" \
+    | tee -a "$out/gpu.txt"
+"$py" -c "from lpt.data.decode import whole_decode_note as n; print('data.decode=fast:', n() or 'cropped decoder built')" \
     | tee -a "$out/gpu.txt"
 
 for size in "${sizes[@]}"; do
