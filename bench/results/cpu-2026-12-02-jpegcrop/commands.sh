@@ -18,3 +18,9 @@ $py bench/loader.py --size 800x600 --workers 1 --decode exact fast exact fast --
     --images 800 | tee "$out/loader_800x600_workers1.jsonl"
 $py bench/decode_diff.py --size 800x600 --images 60 --keys 3 | tee "$out/decode_diff.jsonl"
 uptime | tee -a "$out/uptime.txt"
+# Afterwards, two more runs of the 800 x 600 row: one on the quiet machine, one with the other core kept busy.
+$py bench/loader.py --size 800x600 --workers 0 --decode exact fast fast-whole exact fast fast-whole exact fast fast-whole \
+    --batch 32 --steps 20 --images 800 > "$out/loader_800x600_rerun.jsonl"
+(timeout 120 python3 -c "while True: pass" &)
+$py bench/loader.py --size 800x600 --workers 0 --decode exact fast fast-whole exact fast fast-whole exact fast fast-whole \
+    --batch 32 --steps 20 --images 800 > "$out/loader_800x600_other_core_busy.jsonl"
