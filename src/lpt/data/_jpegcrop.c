@@ -64,9 +64,9 @@ static int decode(const unsigned char *data, size_t size, unsigned char *out, st
     cinfo.scale_denom = (unsigned int)r.reduction;
     jpeg_start_decompress(&cinfo);
     int width = (int)cinfo.output_width, height = (int)cinfo.output_height;
-    if (r.top + r.height > height || r.left + r.width > width) {
-        snprintf(err->message, JMSG_LENGTH_MAX, "region rows %d..%d, columns %d..%d outside the %d x %d image",
-                 r.top, r.top + r.height - 1, r.left, r.left + r.width - 1, height, width);
+    if (r.top > height - r.height || r.left > width - r.width) {  /* no int overflow: all are non-negative */
+        snprintf(err->message, JMSG_LENGTH_MAX, "region rows %d..%lld, columns %d..%lld outside the %d x %d image",
+                 r.top, (long long)r.top + r.height - 1, r.left, (long long)r.left + r.width - 1, height, width);
         jpeg_destroy_decompress(&cinfo);
         return 1;
     }
