@@ -162,7 +162,11 @@ class FastCrop:
 
     def __call__(self, path: str) -> torch.Tensor:
         data = read_bytes(path)
-        size, pixels = jpeg_size(data), None
+        return self.crop(path, data, jpeg_size(data))
+
+    def crop(self, path: str, data: bytes, size: tuple[int, int] | None) -> torch.Tensor:
+        """The crop of the file at ``path`` whose bytes are ``data`` and whose :func:`jpeg_size` is ``size``."""
+        pixels = None
         if size is not None:
             box, flip = self.draw(*size)
             reduction = reduction_for(box, self.size)

@@ -51,7 +51,7 @@ class EncodedCrop:
         data = read_bytes(path)
         size = jpeg_size(data)
         if size is None:
-            return self.fast(path)
+            return self.fast.crop(path, data, size)
         box, flip = self.fast.draw(*size)
         return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), box, flip, path)
 
