@@ -248,25 +248,21 @@ class AGCL(GCL):
         return -(y * weight * log_p).sum(dim=1).mean()
 
 
-LOSSES = {"agcl": AGCL, "gcl": GCL, "ce": CosineCE, "la": LogitAdjusted, "bs": BalancedSoftmax, "ldam": LDAM,
-          "focal": FocalLoss}
-
-
 def build_loss(name: str, class_counts: Sequence[int], *, margin: float, scale: float, noise_mul: float,
                label_smoothing: float, gamma_pos: float = 0.0, gamma_neg: float = 0.0, tau: float = 1.0,
                max_margin: float = 0.5, drw_epoch: int = 0, cb_beta: float = 0.0,
                focal_gamma: float = 2.0) -> nn.Module:
-    """Build a loss by registry name; raises KeyError listing the valid names."""
-    if name not in LOSSES:
-        raise KeyError(f"unknown loss '{name}'; choose one of {', '.join(LOSSES)}")
+    """Build a loss by name; raises KeyError listing the valid names."""
     ls = label_smoothing
     build = {
-        "ce": lambda: CosineCE(scale, ls, class_counts, cb_beta),
-        "gcl": lambda: GCL(class_counts, margin, scale, noise_mul, ls),
         "agcl": lambda: AGCL(class_counts, margin, scale, noise_mul, gamma_pos, gamma_neg, ls),
+        "gcl": lambda: GCL(class_counts, margin, scale, noise_mul, ls),
+        "ce": lambda: CosineCE(scale, ls, class_counts, cb_beta),
         "la": lambda: LogitAdjusted(class_counts, scale, tau, ls, cb_beta),
         "bs": lambda: BalancedSoftmax(class_counts, scale, ls),
         "ldam": lambda: LDAM(class_counts, scale, max_margin, drw_epoch, ls),
         "focal": lambda: FocalLoss(class_counts, scale, focal_gamma, ls, cb_beta),
     }
+    if name not in build:
+        raise KeyError(f"unknown loss '{name}'; choose one of {', '.join(build)}")
     return build[name]()

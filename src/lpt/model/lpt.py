@@ -19,7 +19,7 @@ from lpt.model.prompted_vit import (
     PromptKV, block_forward, deep_prompt_blocks, embed, plain_blocks, pooled_feature, prompt_kv,
     shallow_prompt_forward,
 )
-from lpt.model.peft import add_peft, bottleneck_dim
+from lpt.model.peft import add_peft, bottleneck_dim, peft_part
 
 
 def _trunc_normal(*shape: int) -> nn.Parameter:
@@ -111,10 +111,8 @@ class LPT(nn.Module):
             raise ValueError(f"split_block K={split_block} must be in [0, {depth}) for a ViT of {depth} blocks")
         if head not in HEADS or prompt_depth not in ("deep", "shallow") or query not in ("shared", "plain"):
             raise ValueError(f"unknown option: head={head!r}, prompt_depth={prompt_depth!r}, query={query!r}")
-        self.backbone = backbone.requires_grad_(False)
-        self.peft = list(peft or [])
-        self.tuned = set(add_peft(backbone, self.peft, peft_dim or bottleneck_dim(num_classes, depth)))
-        backbone.requires_grad_(False)
+        self.backbone = backbone
+        self.tuned = set(add_peft(backbone, list(peft or []), peft_dim or bottleneck_dim(num_classes, depth)))
         self.split_block = split_block
         self.shallow = prompt_depth == "shallow"
         self.plain_query = query == "plain"
@@ -164,8 +162,7 @@ class LPT(nn.Module):
             if p.requires_grad and p.numel():
                 part = name.split(".")[0]
                 if part == "backbone" and not self.train_backbone:
-                    kinds = [k for k in ("lora", "ssf", "adaptformer", "adapter") if k in name]
-                    part = kinds[0] if kinds else "bitfit/ln"
+                    part = peft_part(name) or "bitfit/ln"
                 parts[part] = parts.get(part, 0) + p.numel()
         return parts
 

@@ -29,10 +29,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from lpt.config import PEFT
-
-PEFT_MODULES = PEFT  # the names model.peft takes
-
 
 def bottleneck_dim(num_classes: int, depth: int) -> int:
     """LIFT's default bottleneck (adapters) and rank (LoRA): ``2 ** max(0, int(log2(C / (2 L))))``."""
@@ -134,7 +130,7 @@ class ScaledShifted(nn.Module):
 
 
 def add_peft(vit: VisionTransformer, modules: list[str], dim: int) -> list[str]:
-    """Put ``modules`` (names of PEFT_MODULES) into every block of ``vit`` with bottleneck / rank ``dim``;
+    """Put ``modules`` (names of ``lpt.config.PEFT``) into every block of ``vit`` with bottleneck / rank ``dim``;
     return the names (in ``vit.state_dict()``) of the tensors they train."""
     width = vit.embed_dim
     for block in vit.blocks:
@@ -152,12 +148,23 @@ def add_peft(vit: VisionTransformer, modules: list[str], dim: int) -> list[str]:
     return [name for name, _ in vit.named_parameters() if _is_tuned(name, modules)]
 
 
+# the PEFT module a parameter belongs to, by the name parts add_peft gives its own tensors
+MODULE_PARTS = (("lora", ("lora_a", "lora_b")), ("ssf", ("ssf",)), ("adaptformer", ("adaptformer",)),
+                ("adapter", ("adapter",)))
+
+
+def peft_part(name: str) -> str | None:
+    """The PEFT module (lora, ssf, adaptformer, adapter) whose own tensor ``name`` is; None for the ViT's own."""
+    parts = name.split(".")
+    return next((module for module, keys in MODULE_PARTS if any(k in parts for k in keys)), None)
+
+
 def _is_tuned(name: str, modules: list[str]) -> bool:
     """Whether a parameter of the tuned ViT trains: a PEFT module's own, or an existing bias / LayerNorm
     tensor of a block under ``bitfit`` / ``ln``."""
-    parts = name.split(".")
-    if any(p in ("lora_a", "lora_b", "ssf", "adapter", "adaptformer") for p in parts):
+    if peft_part(name) is not None:
         return True
+    parts = name.split(".")
     in_block = parts[0] == "blocks"
     if "bitfit" in modules and in_block and parts[-1] == "bias":
         return True
