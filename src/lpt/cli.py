@@ -40,7 +40,6 @@ def print_summary(outs: list[Path], title: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lpt.methods import check_config
     from lpt.run.files import read_config
 
     if args.resume:
@@ -56,14 +55,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                           + (["data.skip_bad_images=true"] if args.skip_bad_images else [])
                           + ([f"threads={args.threads}"] if args.threads else []))
         out = Path(args.out) if args.out else _default_out(args.config)
-    check_config(cfg)
     return _run_interruptible([(cfg, out)], "test accuracy %:", resume=bool(args.resume), overwrite=args.overwrite)
 
 
 def _run_interruptible(stages: list, title: str, resume: bool = False, overwrite: bool = False,
                        shown: list[Path] | None = None) -> int:
     """Train each (config, run directory) in turn, write its report, then print one table (of ``shown`` runs,
-    default all); on SIGINT / SIGTERM say how to resume the interrupted run and exit 130."""
+    default all); on SIGINT / SIGTERM say how to resume the interrupted run and exit 130. ``train`` checks each
+    config before anything is written."""
     from lpt.engine.trainer import Interrupted
     from lpt.run.train import train
 
@@ -127,13 +126,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _zero_shot(args: argparse.Namespace) -> int:
     """``lpt eval --zero-shot``: CLIP's own classifier on a config's data, written as a run (method zeroshot)."""
-    from lpt.methods import check_config
     from lpt.methods.zeroshot import ZERO_SHOT_OVERRIDES
 
     if not args.config or args.run:
         raise ConfigError("lpt eval --zero-shot needs --config PRESET_OR_YAML (a CLIP preset, e.g. "
                           "lift_clip_places_lt) and no --run")
-    cfg = check_config(load_config(args.config, ZERO_SHOT_OVERRIDES + args.overrides))
+    cfg = load_config(args.config, ZERO_SHOT_OVERRIDES + args.overrides)
     out = Path(args.out) if args.out else _default_out(f"{Path(args.config).stem}-zeroshot")
     return _run_interruptible([(cfg, out)], "zero-shot test accuracy %:")
 
