@@ -17,9 +17,11 @@ from lpt.run.load import evaluate_run
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Runs `python -m lpt.cli ...` unchanged (runpy), after wrapping the samplers' __iter__ so that each rank
-# writes down the indices it drew: (sampler class, epoch, world size, indices) per epoch and stream.
+# writes down the indices it drew: (sampler class, epoch, world size, indices) per epoch and stream, and
+# the report writer so that it writes down the run directories it wrote reports of.
 RECORDER = """
 import atexit, json, os, runpy
+from lpt.analysis import report
 from lpt.data import samplers
 
 drawn = []
@@ -32,15 +34,24 @@ def recording_iter(self):
     return iter(indices)
 
 samplers._ShardedSampler.__iter__ = recording_iter
+reported = []
+plain_report = report.write_report
+
+def recording_report(run_dir, *args, **kwargs):
+    reported.append(str(run_dir))
+    return plain_report(run_dir, *args, **kwargs)
+
+report.write_report = recording_report
 log = os.path.join(os.environ["LPT_SHARD_LOG"], f"rank{os.environ['RANK']}.json")
-atexit.register(lambda: open(log, "w").write(json.dumps(drawn)))
+atexit.register(lambda: open(log, "w").write(json.dumps({"drawn": drawn, "reported": reported})))
 runpy.run_module("lpt.cli", run_name="__main__", alter_sys=True)
 """
 
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory, tiny_fmnist):
-    """A demo-preset run on the tiny data by two gloo processes: (run directory, per-rank sampler logs)."""
+    """A demo-preset run on the tiny data by two gloo processes: (run directory, per-rank sampler logs, per-rank
+    run directories reported, the finished process)."""
     import subprocess
 
     from tests.conftest import TINY_MODEL
@@ -59,8 +70,8 @@ def two_process_run(tmp_path_factory, tiny_fmnist):
            str(recorder), "--quiet", "train", "--config", "demo", "--out", str(run_dir), *overrides]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    shards = [json.loads((logs / f"rank{r}.json").read_text()) for r in range(2)]
-    return run_dir, shards
+    ranks = [json.loads((logs / f"rank{r}.json").read_text()) for r in range(2)]
+    return run_dir, [r["drawn"] for r in ranks], [r["reported"] for r in ranks], proc
 
 
 @pytest.fixture
@@ -72,15 +83,25 @@ def one_thread():
 
 
 def test_two_process_run_finishes(two_process_run):
-    run_dir, _ = two_process_run
+    run_dir, _, _, _ = two_process_run
     run = json.loads((run_dir / "run.json").read_text())
     assert run["world_size"] == 2 and set(run["phases"]) == {"phase1", "phase2"}
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "epoch" in r] == [1, 2, 1]  # rank 0 alone writes
 
 
+def test_rank_0_alone_reports(two_process_run):
+    """Rank 0 alone writes the run's results, so it alone writes the report and prints the table: another rank
+    reading the run directory while rank 0 writes it would race it or warn that the report could not be written."""
+    run_dir, _, reported, proc = two_process_run
+    assert reported == [[str(run_dir)], []]
+    assert (run_dir / "report.html").is_file() and (run_dir / "report.md").is_file()
+    assert "could not be written" not in proc.stderr
+    assert proc.stdout.count("test accuracy %:") == 1
+
+
 def test_sharded_eval_equals_single_process_eval(two_process_run, one_thread):
-    run_dir, _ = two_process_run
+    run_dir, _, _, _ = two_process_run
     gathered = json.loads((run_dir / "metrics.json").read_text())  # from both ranks' halves of the test set
     assert gathered["num_images"] == 80 and gathered["phase"] == 2
     assert evaluate_run(run_dir, device="cpu") == gathered
@@ -89,7 +110,7 @@ def test_sharded_eval_equals_single_process_eval(two_process_run, one_thread):
 def test_samplers_shard_without_overlap(two_process_run):
     """Every epoch and stream: the two ranks' draws interleave into the single-process sequence, so
     they split its positions between them with none shared and none missing."""
-    run_dir, shards = two_process_run
+    run_dir, shards, _, _ = two_process_run
     assert len(shards[0]) == len(shards[1]) == 6  # 3 epochs (2 + 1) x 2 streams (dual sampling)
     cfg = from_dict(read_yaml(run_dir / "config.yaml"))
     targets = build_datasets(cfg.data).train.targets

@@ -25,12 +25,9 @@ DEMO_LINEAR_PROBE = ["method=linear", "phases=[phase1]", "model.prompt_len=0", "
 
 
 def print_summary(outs: list[Path], title: str) -> None:
-    """One shot table over finished runs (a row per run and phase), and a note if a backbone was random
-    (rank 0 only)."""
+    """One shot table over finished runs (a row per run and phase), and a note if a backbone was random."""
     from lpt.analysis.compare import phase_rows, shot_table
 
-    if os.environ.get("RANK", "0") != "0":
-        return
     rows, random = phase_rows(outs)
     print(f"\n{title}")
     print(shot_table(rows))
@@ -62,10 +59,11 @@ def _run_interruptible(stages: list, title: str, resume: bool = False, overwrite
                        shown: list[Path] | None = None) -> int:
     """Train each (config, run directory) in turn, write its report, then print one table (of ``shown`` runs,
     default all); on SIGINT / SIGTERM say how to resume the interrupted run and exit 130. ``train`` checks each
-    config before anything is written."""
+    config before anything is written. Under torchrun only rank 0 writes a run's results, so it alone reports."""
     from lpt.engine.trainer import Interrupted
     from lpt.run.train import train
 
+    main = os.environ.get("RANK", "0") == "0"
     for cfg, out in stages:
         try:
             train(cfg, out, resume=resume, overwrite=overwrite)
@@ -73,8 +71,10 @@ def _run_interruptible(stages: list, title: str, resume: bool = False, overwrite
             print(f"lpt: interrupted ({exc}); the run is saved. Resume with: lpt train --resume {out}",
                   file=sys.stderr)
             return 130
-        _write_report(out)
-    print_summary(shown or [out for _, out in stages], title)
+        if main:
+            _write_report(out)
+    if main:
+        print_summary(shown or [out for _, out in stages], title)
     return 0
 
 
