@@ -128,6 +128,7 @@ def test_lpt_eval_zero_shot_writes_a_run_with_open_clips_accuracy(tiny_clip, tin
     assert embeddings.shape == (10, CLIP_EMBED) and meta["names"] == names
     assert "zero-shot" in capsys.readouterr().out
     assert (out / "report.html").is_file()
+    assert "| trained parameters (all phases) | 0 (0.00% of the backbone) |" in (out / "report.md").read_text()
     assert main(["eval", "--run", str(out), "--json"]) == 0  # a zero-shot run reloads like any other
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["overall"] == pytest.approx(100 * expected)
     from lpt.analysis.compare import compare_row

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lpt.analysis.report import fmt
-from lpt.run.files import method_label, read_run, trained_params, trains_anything, trains_on_features
+from lpt.run.files import method_label, read_run, trains_on_features
 from lpt.utils import atomic_write_text
 
 COLUMNS = ("run", "method", "backbone", "overall", "many", "medium", "few", "trainable_params", "images_per_s",
@@ -32,7 +32,7 @@ def compare_row(run_dir: str | Path) -> dict:
     return {
         "run": str(run_dir), "method": run.method_label, "backbone": backbone,
         **{g: run.metrics.get(g) for g in ("overall", "many", "medium", "few")},
-        "trainable_params": trained_params(run.path) if trains_anything(run.method) else 0,
+        "trainable_params": run.trained_params,
         "images_per_s": None, "features_per_s": None,
         timed: last.get("images_per_s"),  # the trainer counts samples, whatever they are
     }

@@ -19,7 +19,7 @@ import numpy as np
 from lpt.analysis import plots
 from lpt.analysis.matching import matching_stats
 from lpt.metrics import GROUPS, SHOT_RULES, shot_groups
-from lpt.run.files import PREDICTIONS, RunFiles, read_run, trained_params, write_predictions
+from lpt.run.files import PREDICTIONS, RunFiles, read_run, write_predictions
 from lpt.data import build_test_dataset
 from lpt.run.load import evaluate_with, load_run
 from lpt.utils import atomic_write_bytes, atomic_write_text, resolve_device
@@ -129,7 +129,7 @@ def _by_part(info: dict, backbone: int | None) -> str:
 def _run_section(run: RunFiles) -> list[Block]:
     info, bb = run.info, run.info.get("backbone") or {}
     backbone = info.get("backbone_params")
-    total = trained_params(run.path)
+    total = run.trained_params
     facts = [
         ("method", run.method_label),
         ("backbone", f"{bb.get('name', run.config.get('model', {}).get('backbone', '-'))}"),

@@ -43,7 +43,7 @@ import torch
 
 from lpt.config import Config, ConfigError, from_dict, read_yaml, save_config
 from lpt.methods import get_method
-from lpt.model.state import CheckpointError, read_tensors, save_tensors
+from lpt.model.state import META_KEY, CheckpointError, read_tensors, save_tensors
 from lpt.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, log
 
 CONFIG, CLASSES, METRICS, METRICS_LOG = "config.yaml", "classes.json", "metrics.json", "metrics.jsonl"
@@ -301,6 +301,12 @@ class RunFiles:
         """Readable method name, with the phase for LPT (``LPT phase 2``)."""
         return method_label(self.method, self.metrics.get("phase", 1))
 
+    @property
+    def trained_params(self) -> int | None:
+        """Parameters the run trained (:func:`trained_params`); 0 for a method that trains nothing (zero-shot
+        CLIP, whose checkpoint holds its computed classifier)."""
+        return trained_params(self.path) if trains_anything(self.method) else 0
+
 
 def _read_json(path: Path) -> Any:
     try:
@@ -369,7 +375,7 @@ def trained_params(run_dir: str | Path) -> int | None:
         return None
     try:
         with safe_open(str(path), framework="numpy") as f:
-            meta = json.loads((f.metadata() or {}).get("lpt", "{}"))
+            meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
             phase = int(meta.get("phase", 1))
             return sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys()
                        if phase == 2 or not k.startswith("pool."))
