@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lpt.analysis.report import fmt
-from lpt.run.files import method_label, read_run, trains_on_features
+from lpt.run.files import method_label, read_info, read_run, trains_on_features
 from lpt.utils import atomic_write_text
 
 COLUMNS = ("run", "method", "backbone", "overall", "many", "medium", "few", "trainable_params", "images_per_s",
@@ -85,10 +85,10 @@ def shot_table(rows: dict[str, dict]) -> str:
 
 def phase_rows(run_dirs: Sequence[str | Path]) -> tuple[dict[str, dict], list[str]]:
     """Shot accuracy after every phase of every run, keyed by a readable label (``LPT phase 1``), and the names
-    of the backbones that were randomly initialised (worth a note under the table)."""
+    of the backbones that were randomly initialised (worth a note under the table); reads ``run.json`` only."""
     rows, random = {}, []
     for run_dir in run_dirs:
-        info = read_run(run_dir).info
+        info = read_info(run_dir)
         phases = info["phases"]
         for name, metrics in phases.items():
             label = method_label(info.get("method", "lpt"), int(name[-1]) if len(phases) > 1 else None)

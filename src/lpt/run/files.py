@@ -343,11 +343,16 @@ def read_run(run_dir: str | Path) -> RunFiles:
             hint = " (evaluate it with `lpt eval`, or train it to the end)" if name == METRICS else ""
             raise ConfigError(f"{path} has no {name}: not a finished lpt run{hint}")
     classes, counts = read_classes(path)
-    info = _read_json(path / RUN_INFO) if (path / RUN_INFO).is_file() else {}
     epochs, evals = _read_jsonl(path / METRICS_LOG)
     return RunFiles(path=path, config=read_yaml(path / CONFIG), classes=classes, train_counts=counts,
-                    metrics=_read_json(path / METRICS), info=info, epochs=epochs, evals=evals,
+                    metrics=_read_json(path / METRICS), info=read_info(path), epochs=epochs, evals=evals,
                     predictions=read_predictions(path))
+
+
+def read_info(run_dir: str | Path) -> dict[str, Any]:
+    """``run.json`` (backbone identity, per-phase summary, timings); empty if absent."""
+    path = Path(run_dir) / RUN_INFO
+    return _read_json(path) if path.is_file() else {}
 
 
 def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray] | None:
