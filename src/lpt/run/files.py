@@ -41,10 +41,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from lpt.config import Config, ConfigError, from_dict, read_yaml, save_config
+from lpt.config import Config, ConfigError, from_dict, read_yaml, save_config, to_dict
 from lpt.methods import get_method
 from lpt.model.state import META_KEY, CheckpointError, read_tensors, save_tensors
 from lpt.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, log
+from lpt.version import __version__
 
 CONFIG, CLASSES, METRICS, METRICS_LOG = "config.yaml", "classes.json", "metrics.json", "metrics.jsonl"
 RUN_INFO, CHECKPOINT, RESUME = "run.json", "model.safetensors", "resume.safetensors"
@@ -170,9 +171,12 @@ def truncate_records(run_dir: Path, keep: int) -> None:
         path.write_text("".join(lines[:keep]))
 
 
-def write_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """model.safetensors: what was trained, with ``phase``, ``num_classes``, ``backbone`` (identity) and ``model``."""
-    save_tensors(run_dir / CHECKPOINT, tensors, meta)
+def write_checkpoint(run_dir: Path, model, identity, cfg: Config) -> None:
+    """model.safetensors: what ``model`` (an LPT) trained, with the lpt version, its ``phase`` and ``num_classes``,
+    the ``backbone``'s identity and the config's ``model`` section."""
+    meta = {"lpt_version": __version__, "phase": model.phase, "num_classes": model.num_classes,
+            "backbone": identity.to_dict(), "model": to_dict(cfg)["model"]}
+    save_tensors(run_dir / CHECKPOINT, model.trained_tensors(), meta)
 
 
 def write_text_embeddings(run_dir: Path, embeddings: torch.Tensor, meta: dict[str, Any]) -> None:

@@ -144,9 +144,7 @@ def _write_run(out_dir: Path, path: Path, model: LPT, cfg: Config, classes: list
     save_weights(out_dir / files.BACKBONE, vit_state, source=str(path))
     files.write_setup(out_dir, cfg, classes, counts)
     identity = _check_reload(out_dir, vit_state, c)
-    meta = {"lpt_version": __version__, "phase": 2, "num_classes": c, "backbone": identity.to_dict(),
-            "model": to_dict(cfg)["model"]}
-    files.write_checkpoint(out_dir, model.trained_tensors(), meta)
+    files.write_checkpoint(out_dir, model, identity, cfg)
     files.write_run_info(out_dir, {
         "lpt_version": __version__, "method": "lpt", "backbone": identity.to_dict(), "phases": {},
         "imported_from": {"path": str(path.resolve()), "sha256": _file_sha256(path), "format": "DongSky/LPT"},

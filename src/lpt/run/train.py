@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lpt.version import __version__
-from lpt.config import Config, ConfigError, to_dict
+from lpt.config import Config, ConfigError
 from lpt.data import (DataSplits, TrainImages, TrainStream, build_datasets, build_train_stream, build_transform,
                       build_val_dataset, train_images, with_eval_transform)
 from lpt.data.datasets import FeatureDataset
@@ -214,9 +214,7 @@ def _finish_phase(run: _Training, index: int, phase: str, records: list[dict], s
              *(f"{run.metrics[g]:.2f}" if run.metrics[g] is not None else "-" for g in ("many", "medium", "few")))
     if run.env.dist.is_main:
         files.append_record(run.out_dir, {"phase": phase, "eval": run.summary[phase]})
-        meta = {"lpt_version": __version__, "phase": model.phase, "num_classes": run.splits.num_classes,
-                "backbone": run.identity.to_dict(), "model": to_dict(cfg)["model"]}
-        files.write_checkpoint(run.out_dir, model.trained_tensors(), meta)
+        files.write_checkpoint(run.out_dir, model, run.identity, cfg)
     run.save(index + 1, None)
 
 
