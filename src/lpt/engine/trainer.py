@@ -66,8 +66,11 @@ class Tally:
             raise TrainingError(f"{desc}: loss is not finite at epoch {bad // steps_per_epoch + 1}, step {bad}; "
                                 "stopping (the last checkpoint written is the last good one)")
 
-    def images_per_s(self, world_size: int) -> float:
-        return (self.seen - self.seen_at_start) * world_size / max(time.perf_counter() - self.start, 1e-9)
+    def images_per_s(self, world_size: int, seconds: float | None = None) -> float:
+        """Images of every rank per second since the tally began (this epoch or its resumed part), over ``seconds``
+        (default: until now)."""
+        seconds = time.perf_counter() - self.start if seconds is None else seconds
+        return (self.seen - self.seen_at_start) * world_size / max(seconds, 1e-9)
 
 
 class PhaseTrainer:
@@ -156,8 +159,7 @@ class PhaseTrainer:
         record = {
             "phase": self.desc, "epoch": epoch + 1, "loss": tally.loss_sum.item() / self.steps,
             "train_acc": 100.0 * tally.correct.item() / max(tally.seen, 1), "lr": lrs[min(step, len(lrs) - 1)],
-            "seconds": seconds,
-            "images_per_s": (tally.seen - tally.seen_at_start) * self.env.dist.world_size / max(seconds, 1e-9),
+            "seconds": seconds, "images_per_s": tally.images_per_s(self.env.dist.world_size, seconds),
         }
         log.info("%s epoch %d/%d: loss %.4f, train acc %.2f%%, %.0f images/s", self.desc, epoch + 1, self.cfg.epochs,
                  record["loss"], record["train_acc"], record["images_per_s"])
