@@ -241,9 +241,10 @@ def _phase_stream(run: _Training, method: Method, pcfg) -> TrainStream:
 
 def _phase_summary(model: LPT, metrics: dict, records: list[dict]) -> dict:
     """A finished phase's entry in run.json and metrics.jsonl: its shot-split accuracy, size and speed."""
+    by_part = model.trainable_by_part()
     return {k: metrics[k] for k in ("overall", "many", "medium", "few")} | {
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "trainable_by_part": model.trainable_by_part(),
+        "trainable_params": sum(by_part.values()),
+        "trainable_by_part": by_part,
         "train_seconds": sum(r["seconds"] for r in records),
         "images_per_s": records[-1]["images_per_s"] if records else None,
     }
