@@ -16,6 +16,7 @@ SHOT_RULES = {
     "official": lambda n: "many" if n > 100 else ("few" if n <= 20 else "medium"),
 }
 GROUPS = ("many", "medium", "few")
+ACCURACIES = ("overall", *GROUPS)  # the accuracies of a shot table, as metrics.json keys them
 
 
 def shot_groups(train_counts: Sequence[int], rule: str = "standard") -> list[str]:

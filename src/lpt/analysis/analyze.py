@@ -17,7 +17,7 @@ import torch
 
 from lpt.analysis import plots
 from lpt.analysis.geometry import class_distances, knn_predict, lda_2d
-from lpt.metrics import shot_accuracy
+from lpt.metrics import ACCURACIES, shot_accuracy
 from lpt.config import ConfigError
 from lpt.data import build_datasets, with_eval_transform
 from lpt.evaluation import feature_sources, source_features
@@ -49,7 +49,7 @@ def analyze_features(train: dict[str, np.ndarray], train_labels: np.ndarray, tes
         results[source] = {
             "train": class_distances(train[source], train_labels),
             "test": class_distances(test[source], test_labels),
-            "knn": {key: knn[key] for key in ("overall", "many", "medium", "few")},
+            "knn": {key: knn[key] for key in ACCURACIES},
         }
     return results
 
@@ -114,5 +114,5 @@ def format_analysis(record: dict) -> str:
         knn = r["knn"]
         lines.append(f"| {SOURCE_TITLES.get(source, source)} | {num(r['test']['mean_intra'])} | "
                      f"{num(r['test']['inter'])} | {num(r['test']['gamma'])} | {num(r['train']['gamma'])} | "
-                     + " | ".join(num(knn[g], 2) for g in ("overall", "many", "medium", "few")) + " |")
+                     + " | ".join(num(knn[g], 2) for g in ACCURACIES) + " |")
     return "\n".join(lines)

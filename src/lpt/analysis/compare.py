@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lpt.analysis.report import fmt
+from lpt.metrics import ACCURACIES
 from lpt.run.files import method_label, read_info, read_run, trains_on_features
 from lpt.utils import atomic_write_text
 
@@ -31,7 +32,7 @@ def compare_row(run_dir: str | Path) -> dict:
     timed = "features_per_s" if trains_on_features(run.method) else "images_per_s"
     return {
         "run": str(run_dir), "method": run.method_label, "backbone": backbone,
-        **{g: run.metrics.get(g) for g in ("overall", "many", "medium", "few")},
+        **{g: run.metrics.get(g) for g in ACCURACIES},
         "trainable_params": run.trained_params,
         "images_per_s": None, "features_per_s": None,
         timed: last.get("images_per_s"),  # the trainer counts samples, whatever they are
@@ -45,7 +46,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
 def _cells(row: dict) -> list[str]:
     n = row["trainable_params"]
     return [row["run"], row["method"], str(row["backbone"] or "-"),
-            *(fmt(row[g]) for g in ("overall", "many", "medium", "few")), "-" if n is None else f"{n:,}",
+            *(fmt(row[g]) for g in ACCURACIES), "-" if n is None else f"{n:,}",
             *("-" if row[k] is None else f"{row[k]:.1f}" for k in ("images_per_s", "features_per_s"))]
 
 
@@ -79,7 +80,7 @@ def shot_table(rows: dict[str, dict]) -> str:
     """Markdown table of overall / many / medium / few accuracy, one row per model."""
     lines = ["| model | overall | many | medium | few |", "|---|---|---|---|---|"]
     for name, m in rows.items():
-        lines.append(f"| {name} | " + " | ".join(fmt(m.get(k)) for k in ("overall", "many", "medium", "few")) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(m.get(k)) for k in ACCURACIES) + " |")
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from lpt.analysis import plots
 from lpt.analysis.matching import matching_stats
-from lpt.metrics import GROUPS, SHOT_RULES, shot_groups
+from lpt.metrics import ACCURACIES, GROUPS, SHOT_RULES, shot_groups
 from lpt.run.files import PREDICTIONS, RunFiles, read_run, write_predictions
 from lpt.data import build_test_dataset
 from lpt.run.load import evaluate_with, load_run
@@ -104,7 +104,7 @@ def _phase_section(run: RunFiles) -> list[Block]:
     for name, p in phases.items():
         n = p.get("trainable_params")
         share = f"{100.0 * n / backbone:.2f}" if n is not None and backbone else "-"
-        rows.append([name, *(fmt(p.get(k)) for k in ("overall", "many", "medium", "few")), _int(n), share,
+        rows.append([name, *(fmt(p.get(k)) for k in ACCURACIES), _int(n), share,
                      f"{p['train_seconds']:.1f}" if p.get("train_seconds") is not None else "-",
                      f"{p['images_per_s']:.1f}" if p.get("images_per_s") is not None else "-"])
     return [

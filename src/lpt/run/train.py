@@ -28,6 +28,7 @@ from lpt.engine.step import Env
 from lpt.engine.trainer import Cadence, PhaseTrainer, TensorBoardLog
 from lpt.evaluation import features
 from lpt.methods import Method, check_config, get_method
+from lpt.metrics import ACCURACIES, GROUPS
 from lpt.model import LPT, BackboneIdentity
 from lpt.model.build import check_fits, check_normalisation
 from lpt.model.lpt import GROUP_PROMPTS
@@ -211,7 +212,7 @@ def _finish_phase(run: _Training, index: int, phase: str, records: list[dict], s
                                             env.dist, f"eval {phase}")
     run.summary[phase] = _phase_summary(model, run.metrics, records) | ({"selected": selected} if selected else {})
     log.info("%s: overall %.2f, many %s, medium %s, few %s", phase, run.metrics["overall"],
-             *(f"{run.metrics[g]:.2f}" if run.metrics[g] is not None else "-" for g in ("many", "medium", "few")))
+             *(f"{run.metrics[g]:.2f}" if run.metrics[g] is not None else "-" for g in GROUPS))
     if run.env.dist.is_main:
         files.append_record(run.out_dir, {"phase": phase, "eval": run.summary[phase]})
         files.write_checkpoint(run.out_dir, model, run.identity, cfg)
@@ -242,7 +243,7 @@ def _phase_stream(run: _Training, method: Method, pcfg) -> TrainStream:
 def _phase_summary(model: LPT, metrics: dict, records: list[dict]) -> dict:
     """A finished phase's entry in run.json and metrics.jsonl: its shot-split accuracy, size and speed."""
     by_part = model.trainable_by_part()
-    return {k: metrics[k] for k in ("overall", "many", "medium", "few")} | {
+    return {k: metrics[k] for k in ACCURACIES} | {
         "trainable_params": sum(by_part.values()),
         "trainable_by_part": by_part,
         "train_seconds": sum(r["seconds"] for r in records),

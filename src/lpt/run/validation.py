@@ -16,12 +16,11 @@ import torch
 
 from lpt.config import Config
 from lpt.distributed import DistContext
+from lpt.metrics import ACCURACIES
 from lpt.model.lpt import LPT
 from lpt.model.state import load_strict, read_tensors, save_tensors
 from lpt.run import files
 from lpt.run.load import shot_metrics
-
-GROUPS = ("overall", "many", "medium", "few")
 
 
 class Validation:
@@ -46,7 +45,7 @@ class Validation:
             return
         metrics, _ = shot_metrics(self.model, self.val_set, self.train_counts, self.cfg, self.device, self.dist,
                                   f"val {self.phase} {epoch}")
-        record = {"phase": self.phase, "epoch": epoch, "val": {k: metrics[k] for k in (*GROUPS, "num_images")}}
+        record = {"phase": self.phase, "epoch": epoch, "val": {k: metrics[k] for k in (*ACCURACIES, "num_images")}}
         if self.dist.is_main:
             files.append_record(self.out_dir, record)
         if self.cfg.select == "best_val" and (self.best is None or metrics["overall"] > self.best["overall"]):
