@@ -140,7 +140,7 @@ def import_official(
 def _write_run(out_dir: Path, path: Path, model: LPT, cfg: Config, classes: list[str], counts: list[int]) -> None:
     """backbone.safetensors, config.yaml, classes.json, model.safetensors and run.json of an imported run."""
     c = model.num_classes
-    vit_state = {k: v.detach().contiguous() for k, v in model.backbone.state_dict().items()}
+    vit_state = model.backbone.state_dict()  # save_weights makes them contiguous CPU tensors
     save_weights(out_dir / files.BACKBONE, vit_state, source=str(path))
     files.write_setup(out_dir, cfg, classes, counts)
     identity = _check_reload(out_dir, vit_state, c)
