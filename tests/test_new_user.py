@@ -78,6 +78,16 @@ def test_a_folder_that_is_not_a_run_is_refused_even_with_overwrite(tiny_fmnist, 
         assert snapshot(mine) == before  # not even a lock file
 
 
+def test_a_file_as_out_is_refused_naming_it(tiny_fmnist, tmp_path, capsys):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes\n")
+    for extra in ([], ["--overwrite"]):
+        err = one_line_error(train_into(mine, tiny_fmnist) + extra, capsys)
+        assert err.endswith(f"--out {mine} is a file, not a folder; choose a new or empty directory (nothing was "
+                            "written)")
+        assert mine.read_text() == "my notes\n"
+
+
 def test_overwrite_deletes_the_earlier_run_first(finished_run, tiny_fmnist, tmp_path):
     run = tmp_path / "again"
     shutil.copytree(finished_run, run)

@@ -64,11 +64,13 @@ def _contents(run_dir: Path) -> list[Path]:
 
 def run_state(run_dir: Path) -> str:
     """``new`` (absent or empty, a stale lock aside), ``finished``, ``interrupted`` (a resumable state),
-    ``started`` (set up, stopped before its first save) or ``other`` (not an lpt run)."""
+    ``started`` (set up, stopped before its first save) or ``other`` (not an lpt run, or not a directory)."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        return "other"
     if not run_dir.exists() or not _contents(run_dir):
         return "new"
-    if not run_dir.is_dir() or not (run_dir / CONFIG).is_file() or not (run_dir / CLASSES).is_file():
+    if not (run_dir / CONFIG).is_file() or not (run_dir / CLASSES).is_file():
         return "other"
     if (run_dir / METRICS).is_file() and (run_dir / RUN_INFO).is_file():
         return "finished"
@@ -80,8 +82,8 @@ def check_claim(run_dir: Path, overwrite: bool = False) -> str:
     directories are fine; an earlier lpt run only with ``overwrite``; anything else never."""
     state = run_state(run_dir)
     if state == "other":
-        raise ConfigError(f"--out {run_dir} is a non-empty folder that is not an lpt run; choose a new or empty "
-                          "directory (nothing was written)")
+        what = "a non-empty folder that is not an lpt run" if Path(run_dir).is_dir() else "a file, not a folder"
+        raise ConfigError(f"--out {run_dir} is {what}; choose a new or empty directory (nothing was written)")
     if state != "new" and not overwrite:
         hint = (f"continue it with `lpt train --resume {run_dir}`, " if state == "interrupted" else "")
         raise ConfigError(f"--out {run_dir} already holds a {state} lpt run; {hint}choose a new directory, or add "
