@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -128,19 +127,14 @@ def holdout_split(targets: list[int], fraction: float, seed: int) -> tuple[list[
     """Indices of ``targets`` kept for training and held out for evaluation (``data.holdout``).
 
     Stratified: each class of n >= 2 images holds out n * fraction of them (rounded half up), at least
-    one and at most n - 1, picked by a seeded shuffle of the class (one ``RandomState(seed)`` across
-    classes, in label order); a class of one image keeps it for training. Both lists are in dataset order.
+    one and at most n - 1, picked as a long-tail profile picks what it keeps (:func:`longtail_indices`: a seeded
+    shuffle of each class, one ``RandomState(seed)`` across classes, in label order); a class of one image keeps
+    it for training. Both lists are in dataset order.
     """
-    labels = np.asarray(targets, dtype=np.int64)
-    rng = np.random.RandomState(seed)
-    held = []
-    for c in range(int(labels.max()) + 1 if labels.size else 0):
-        idx = np.where(labels == c)[0]
-        if len(idx) >= 2:
-            rng.shuffle(idx)
-            held.extend(idx[:min(max(int(len(idx) * fraction + 0.5), 1), len(idx) - 1)].tolist())
-    held_set = set(held)
-    return [i for i in range(len(labels)) if i not in held_set], sorted(held)
+    counts = class_counts(targets, max(targets, default=-1) + 1)
+    held = set(longtail_indices(targets, [min(max(int(n * fraction + 0.5), 1), n - 1) if n >= 2 else 0
+                                          for n in counts], seed))
+    return [i for i in range(len(targets)) if i not in held], sorted(held)
 
 
 def _hold_out(train: ImageDataset, cfg: DataConfig, test_transform: Transform) -> Splits:
