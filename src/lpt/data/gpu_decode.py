@@ -109,15 +109,13 @@ def decode_all(jpegs: Sequence[EncodedImage], device: torch.device) -> list[torc
 
 class DeviceDecode:
     """The training stream's ``finish`` under ``data.decode=gpu``: an :class:`EncodedBatch` -> normalised float32
-    [B, 3, S, S] on ``device``. A plain uint8 batch is only normalised."""
+    [B, 3, S, S] on ``device``."""
 
     def __init__(self, cfg: DataConfig, device: torch.device | str):
         self.size, self.mode, self.device = cfg.img_size, cfg.interpolation, torch.device(device)
         self.normalize = BatchNormalize(cfg)
 
-    def __call__(self, batch: EncodedBatch | torch.Tensor) -> torch.Tensor:
-        if isinstance(batch, torch.Tensor):
-            return self.normalize(batch.to(self.device))
+    def __call__(self, batch: EncodedBatch) -> torch.Tensor:
         decoded = iter(decode_all([x for x in batch.items if isinstance(x, EncodedImage)], self.device))
         crops = [self.crop(next(decoded), x) if isinstance(x, EncodedImage) else x.to(self.device) for x in batch.items]
         return self.normalize(torch.stack(crops))
