@@ -194,6 +194,16 @@ def test_names_from_classnames_beside_the_list_and_from_an_override(tmp_path):
     assert prompt_names(cfg, ["n01440764", "n01443537", "n01484850"]) == ["carp", "gold fish", "shark"]
 
 
+def test_names_from_a_folder_class_index_in_either_form(tmp_path):
+    """A ``folder readable name`` index gives its names in label order; a ``folder label`` index (any line
+    order) names no class, so the folders' own names serve."""
+    (tmp_path / "index.txt").write_text("n01 tench\nn02 goldfish\n")
+    cfg = load_config("folder", [f"data.class_index={tmp_path / 'index.txt'}"]).data
+    assert prompt_names(cfg, ["n01", "n02"]) == ["tench", "goldfish"]
+    (tmp_path / "index.txt").write_text("gold_fish 1\ntench 0\n")
+    assert prompt_names(cfg, ["tench", "gold_fish"]) == ["tench", "gold fish"]
+
+
 def test_wordnet_ids_are_refused_with_a_way_out(tmp_path):
     cfg = load_config("folder").data
     with pytest.raises(ConfigError, match="class 1 is named 'n01443537'.*data.class_names"):

@@ -7,7 +7,8 @@ names come, in this order, from:
 - ``data.class_names``: a file of one name a line, in label order;
 - ``data.source=list``: ``classnames.txt`` beside the training list (Places-LT's and ImageNet-LT's
   ``folder readable name`` lines), as it gives the training list's class names;
-- ``data.source=folder`` with ``data.class_index`` in that form: the index's readable part;
+- ``data.source=folder`` with ``data.class_index`` in that form: the index's readable part (an index of
+  ``folder label`` lines gives none);
 - otherwise the source's own names (iNaturalist's species, CIFAR-100's, Fashion-MNIST's, folder names).
 
 A line ``folder readable name`` whose first field is the class's stored name gives the rest of the
@@ -21,6 +22,7 @@ import re
 from pathlib import Path
 
 from lpt.config import ConfigError, DataConfig
+from lpt.data.sources import index_names_classes
 
 WORDNET_ID = re.compile(r"n\d{8}")
 
@@ -35,8 +37,8 @@ def names_file(cfg: DataConfig) -> Path | None:
     if cfg.source == "list" and cfg.train_list:
         beside = Path(cfg.train_list).parent / "classnames.txt"
         return beside if beside.is_file() else None
-    if cfg.source == "folder" and cfg.class_index:
-        return Path(cfg.class_index)
+    if cfg.source == "folder" and cfg.class_index and index_names_classes(cfg.class_index):
+        return Path(cfg.class_index)  # lines in label order; a 'folder label' index names no class
     return None
 
 

@@ -556,6 +556,17 @@ def _folder_classes(folder: Path, key: str) -> list[str]:
         raise ConfigError(f"image folder {folder} ({key}) has no class subfolders") from None
 
 
+def _gives_labels(rows: list[list[str]]) -> bool:
+    """Whether a class index's lines (split into fields) are in the ``folder_name label`` form."""
+    return all(len(f) == 2 and _INTEGER.fullmatch(f[1]) for f in rows)
+
+
+def index_names_classes(path: str | Path) -> bool:
+    """Whether a class index file is in the ``folder_name [readable name ...]`` form, one line a label in order
+    (:func:`read_class_index`), rather than ``folder_name label``."""
+    return not _gives_labels([text.split() for _, text in _list_lines(Path(path))])
+
+
 def read_class_index(path: str | Path) -> tuple[dict[str, int], list[str]]:
     """Read a class index file: which label each class folder name stands for (``data.class_index``).
 
@@ -579,7 +590,7 @@ def read_class_index(path: str | Path) -> tuple[dict[str, int], list[str]]:
     rows = [(lineno, text.split()) for lineno, text in _list_lines(path)]
     if not rows:
         raise ConfigError(f"{path}: empty class index; expected lines 'folder_name label' or 'folder_name name'")
-    explicit = all(len(f) == 2 and _INTEGER.fullmatch(f[1]) for _, f in rows)
+    explicit = _gives_labels([f for _, f in rows])
     label_of: dict[str, int] = {}
     line_of: dict[str, int] = {}
     folder_of: dict[int, str] = {}
