@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from lpt.config import ConfigError, DataConfig
-from lpt.data.sources import index_names_classes
+from lpt.data.sources import classnames_beside, index_names_classes
 
 WORDNET_ID = re.compile(r"n\d{8}")
 
@@ -35,7 +35,7 @@ def names_file(cfg: DataConfig) -> Path | None:
             raise ConfigError(f"class names file {path} (data.class_names) does not exist")
         return path
     if cfg.source == "list" and cfg.train_list:
-        beside = Path(cfg.train_list).parent / "classnames.txt"
+        beside = classnames_beside(cfg.train_list)
         return beside if beside.is_file() else None
     if cfg.source == "folder" and cfg.class_index and index_names_classes(cfg.class_index):
         return Path(cfg.class_index)  # lines in label order; a 'folder label' index names no class

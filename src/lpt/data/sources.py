@@ -231,13 +231,18 @@ def _check_files(list_path: Path, paths: list[str], linenos: list[int]) -> None:
         raise ConfigError(f"{list_path}:{linenos[first]}: image {paths[first]} not found{more}")
 
 
+def classnames_beside(list_path: str | Path) -> Path:
+    """``classnames.txt`` beside a list file (Places-LT's and ImageNet-LT's ``folder readable name`` lines)."""
+    return Path(list_path).parent / "classnames.txt"
+
+
 def read_class_names(list_path: str | Path, num_classes: int) -> list[str]:
     """Class names for a list file: ``classnames.txt`` beside it, else the labels as strings.
 
     ``classnames.txt`` has one class per line, in label order; its first whitespace-separated
     field (the class folder name) is the name. Lines past ``num_classes`` are ignored.
     """
-    names_file = Path(list_path).parent / "classnames.txt"
+    names_file = classnames_beside(list_path)
     if not names_file.is_file():
         return [str(c) for c in range(num_classes)]
     names = [text.split()[0] for _, text in _list_lines(names_file)]
@@ -246,23 +251,20 @@ def read_class_names(list_path: str | Path, num_classes: int) -> list[str]:
     return names[:num_classes]
 
 
-def _check_test_labels(test_list: str, labels: list[int], linenos: list[int], num_classes: int) -> None:
+def _check_labels_below(list_path: str, labels: list[int], linenos: list[int], num_classes: int, what: str) -> None:
+    """Every label of a list file is below ``num_classes``; the first that is not is named with its line."""
     bad = next((i for i, y in enumerate(labels) if y >= num_classes), None)
     if bad is not None:
-        raise ConfigError(f"{test_list}:{linenos[bad]}: label {labels[bad]} is outside [0, {num_classes}), "
-                          f"the {num_classes} classes of the training list")
+        raise ConfigError(f"{list_path}:{linenos[bad]}: label {labels[bad]} is outside [0, {num_classes}), the "
+                          f"{num_classes} classes {what}")
 
 
 def _check_train_labels(train_list: str, labels: list[int], linenos: list[int]) -> None:
     """Every training label names a class with training images: a label past ``classnames.txt`` or above an
     unused label (a typo, as 7 among 0..5) raises a ConfigError naming its line and the labels expected."""
-    names_file = Path(train_list).parent / "classnames.txt"
+    names_file = classnames_beside(train_list)
     if names_file.is_file():
-        known = len(_list_lines(names_file))
-        bad = next((i for i, y in enumerate(labels) if y >= known), None)
-        if bad is not None:
-            raise ConfigError(f"{train_list}:{linenos[bad]}: label {labels[bad]} is outside [0, {known}), the "
-                              f"{known} classes named in {names_file}")
+        _check_labels_below(train_list, labels, linenos, len(_list_lines(names_file)), f"named in {names_file}")
     used = set(labels)
     gap = next((c for c in range(max(labels)) if c not in used), None)
     if gap is not None:
@@ -298,7 +300,7 @@ def load_list(root: str, train_list: str, test_list: str, train_transform: Trans
     test_paths, test_labels, test_linenos = _read_list(Path(test_list), root, check_files)
     _check_train_labels(train_list, train_labels, train_linenos)
     num_classes = max(train_labels) + 1
-    _check_test_labels(test_list, test_labels, test_linenos, num_classes)
+    _check_labels_below(test_list, test_labels, test_linenos, num_classes, "of the training list")
     classes = read_class_names(train_list, num_classes)
     warn_duplicates(train_list, train_paths, train_labels, train_linenos)
     warn_duplicates(test_list, test_paths, test_labels, test_linenos)
@@ -319,7 +321,7 @@ def load_list_test(root: str, train_list: str, test_list: str, test_transform: T
     test_paths, test_labels, test_linenos = _read_list(Path(test_list), root, check_files=True)
     if train_list and Path(train_list).is_file():
         num_classes = max(_read_list(Path(train_list), None, check_files=False)[1]) + 1
-        _check_test_labels(test_list, test_labels, test_linenos, num_classes)
+        _check_labels_below(test_list, test_labels, test_linenos, num_classes, "of the training list")
         classes = read_class_names(train_list, num_classes)
     else:
         classes = read_class_names(test_list, max(test_labels) + 1)
