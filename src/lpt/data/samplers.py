@@ -170,7 +170,6 @@ class KeyedAugmentation(Dataset):
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
-        self.targets = dataset.targets
 
     def __len__(self) -> int:
         return len(self.dataset)
