@@ -64,6 +64,13 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def first_line(exc: BaseException, default: str = "") -> str:
+    """The first line of an exception's message, ``default`` where it has none: timm's, torch's and open_clip's
+    messages can run over many lines, and lpt's errors are one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else default
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -20,7 +20,7 @@ from timm.models.vision_transformer import Attention, Block, VisionTransformer, 
 
 from lpt.model.bundled import BUNDLED, bundled_backbone
 from lpt.model.state import load_strict
-from lpt.utils import log
+from lpt.utils import first_line, log
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 
@@ -112,7 +112,7 @@ def backbone_geometry(name: str, **kwargs: Any) -> tuple[int, tuple[int, int] | 
         with torch.device("meta"):
             model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
     except (RuntimeError, TypeError, KeyError, ValueError, AssertionError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, type(exc).__name__)
         raise BackboneError(f"backbone '{name}' with {kwargs}: {first}") from None
     check_vit_layout(model, name)
     pe = model.patch_embed
@@ -179,7 +179,7 @@ def create_backbone(
     except (RuntimeError, OSError, TypeError, KeyError, ValueError) as exc:
         if isinstance(exc, BackboneError):
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, type(exc).__name__)
         raise BackboneError(f"backbone '{name}' ({source}{': ' + checkpoint if checkpoint else ''}): {first}") from exc
     check_vit_layout(model, name)
     if layer_norm_eps > 0:

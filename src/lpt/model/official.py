@@ -39,7 +39,7 @@ from lpt.model.backbone import BackboneError, check_vit_layout, set_layer_norm_e
 from lpt.model.build import build_lpt
 from lpt.model.lpt import LPT
 from lpt.model.state import CheckpointError, load_strict
-from lpt.utils import log
+from lpt.utils import first_line, log
 
 # The published checkpoint's ViT: ViT-B/16 at 224, started from timm's (0.5) vit_base_patch16_224_in21k, the
 # AugReg ImageNet-21k weights, which timm 1.x names with this tag. Only the architecture is used; weights come
@@ -90,7 +90,7 @@ def read_official_state(path: str | Path) -> dict[str, torch.Tensor]:
         ) from None
     except (RuntimeError, ValueError, KeyError, EOFError, AttributeError) as exc:
         raise OfficialCheckpointError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: "
-                                      f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+                                      f"{first_line(exc)})") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state:
         raise OfficialCheckpointError(f"{path}: expected a dict with a 'state_dict' mapping of tensors")
@@ -167,7 +167,7 @@ def _official_backbone(name: str, backbone_args: dict[str, Any]) -> torch.nn.Mod
     try:
         vit = timm.create_model(name, pretrained=False, num_classes=0, **backbone_args)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise BackboneError(f"backbone '{name}' with {backbone_args}: {str(exc).strip().splitlines()[0]}") from exc
+        raise BackboneError(f"backbone '{name}' with {backbone_args}: {first_line(exc, type(exc).__name__)}") from exc
     check_vit_layout(vit, name)
     set_layer_norm_eps(vit, OFFICIAL_LAYER_NORM_EPS)
     return vit.requires_grad_(False)

@@ -16,7 +16,7 @@ from types import ModuleType
 import torch
 
 from lpt.config import ConfigError, ModelConfig
-from lpt.utils import log
+from lpt.utils import first_line, log
 
 SINGLE_TEMPLATE = "a photo of a {}."  # CLIP's default prompt; LIFT's zero-shot and ``prompt: default``
 
@@ -66,7 +66,7 @@ def text_tower(m: ModelConfig, name: str) -> torch.nn.Module:
         return open_clip.create_model(name, pretrained=weights or None, require_pretrained=bool(weights),
                                       force_quick_gelu=quick_gelu)
     except (RuntimeError, OSError, KeyError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, type(exc).__name__)
         raise ConfigError(f"text tower {name} with weights {weights!r} (model.text, model.text_pretrained): "
                           f"{first}") from None
 
