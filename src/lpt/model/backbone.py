@@ -97,16 +97,21 @@ def load_weights_file(model: VisionTransformer, path: Path) -> None:
     load_strict(model, state, str(path), hint="; the weights do not fit this backbone", error=BackboneError)
 
 
-def backbone_geometry(name: str, **kwargs: Any) -> tuple[int, tuple[int, int] | None, tuple[int, int]]:
-    """Depth, input size (None when the ViT takes any size) and patch size of a backbone, from its
-    architecture alone: built on the meta device, so no weights are read or downloaded."""
+def _architecture(name: str, kwargs: dict[str, Any]):
+    """The bundled backbone ``name`` stands for (None: a timm name), its timm architecture, and ``kwargs`` over the
+    bundle's own arguments; refuses a name that is neither."""
     bundle = bundled_backbone(name)
-    if bundle is not None:
-        kwargs = {**bundle.args, **kwargs}
     arch = bundle.arch if bundle is not None else name.split(".")[0]
     if not timm.is_model(arch):
         raise BackboneError(f"unknown backbone '{name}'; see timm.list_models('vit_*') for valid names, "
                             f"or the bundled {', '.join(BUNDLED)}")
+    return bundle, arch, ({**bundle.args, **kwargs} if bundle is not None else kwargs)
+
+
+def backbone_geometry(name: str, **kwargs: Any) -> tuple[int, tuple[int, int] | None, tuple[int, int]]:
+    """Depth, input size (None when the ViT takes any size) and patch size of a backbone, from its
+    architecture alone: built on the meta device, so no weights are read or downloaded."""
+    _, arch, kwargs = _architecture(name, kwargs)
     kwargs.pop("num_classes", None)  # a kept head (CLIP's projection) changes nothing here
     try:
         with torch.device("meta"):
@@ -157,17 +162,13 @@ def create_backbone(
             ``kwargs``): for a CLIP image tower, its projection into the joint space with the text embeddings.
         **kwargs: passed to ``timm.create_model`` (img_size, patch_size, embed_dim, depth, ...).
     """
-    bundle = bundled_backbone(name)
+    bundle, arch, merged = _architecture(name, kwargs)
     if bundle is not None:
         clash = {k: v for k, v in kwargs.items() if k in bundle.args and bundle.args[k] != v}
         if clash:
             raise BackboneError(f"backbone '{name}' is fixed at {bundle.args}; drop the arguments {clash}")
-        kwargs = {**bundle.args, **kwargs}
         pretrained = False  # never a hub download: the weights are in the package, or random by name
-    arch = bundle.arch if bundle is not None else name.split(".")[0]
-    if not timm.is_model(arch):
-        raise BackboneError(f"unknown backbone '{name}'; see timm.list_models('vit_*') for valid names, "
-                            f"or the bundled {', '.join(BUNDLED)}")
+    kwargs = merged
     if layer_norm_eps < 0:
         raise BackboneError(f"layer_norm_eps is {layer_norm_eps}; expected 0 (timm's default) or a positive number")
     path, source = _weights_source(name, bundle, checkpoint, pretrained)
