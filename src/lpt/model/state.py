@@ -26,17 +26,19 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model it is loaded onto."""
 
 
+def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write ``tensors`` and a JSON-serialisable ``meta`` atomically to ``path``."""
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={META_KEY: json.dumps(meta)})
-    atomic_write_bytes(path, data)
+    _write(path, tensors, {META_KEY: json.dumps(meta)})
 
 
 def save_weights(path: Path, tensors: dict[str, torch.Tensor], **metadata: str) -> None:
     """A backbone's weights as a plain safetensors file (timm's ``load_state_dict`` reads it; ``format: pt``
     as torch's own safetensors files say), atomically. ``metadata`` notes where the weights came from."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(tensors, metadata={"format": "pt", **metadata}))
+    _write(path, tensors, {"format": "pt", **metadata})
 
 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
