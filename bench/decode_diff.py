@@ -26,21 +26,28 @@ from lpt.data.decode import FileCrops, reduction_for
 from lpt.data.gpu_decode import DeviceDecode, EncodedCrop, EncodedImage, collate_encoded
 
 
-def crops(cfg, dataset, key: int, index: int) -> dict[str, torch.Tensor]:
-    """The three paths' uint8 crops of image ``index`` for one key (and the box's reduction, as a tensor)."""
-    out = {}
-    for decode in ("exact", "fast"):
-        cfg.data.decode = decode
+class Crops:
+    """The three paths' uint8 crops of an image for one key, and the DCT reduction of its box."""
+
+    def __init__(self, cfg, dataset):
+        self.cfg, self.readers = cfg.data, {}
+        for decode in ("exact", "fast"):
+            cfg.data.decode = decode
+            self.readers[decode] = train_images(dataset, cfg.data, "cpu").dataset
+        self.encoded, self.finish = FileCrops(dataset, EncodedCrop(cfg.data)), DeviceDecode(cfg.data, "cpu")
+        self.mean, self.std = torch.tensor(cfg.data.mean)[:, None, None], torch.tensor(cfg.data.std)[:, None, None]
+
+    def __call__(self, key: int, index: int) -> tuple[dict[str, torch.Tensor], int]:
+        out = {}
+        for decode, reader in self.readers.items():
+            torch.manual_seed(key)
+            out[decode] = reader[index][0]
         torch.manual_seed(key)
-        out[decode] = train_images(dataset, cfg.data, "cpu").dataset[index][0]
-    torch.manual_seed(key)
-    encoded = FileCrops(dataset, EncodedCrop(cfg.data))[index][0]
-    finish = DeviceDecode(cfg.data, "cpu")
-    mean, std = torch.tensor(cfg.data.mean)[:, None, None], torch.tensor(cfg.data.std)[:, None, None]
-    out["gpu"] = ((finish(collate_encoded([(encoded, 0)])[0])[0] * std + mean) * 255).round().to(torch.uint8)
-    box = encoded.box if isinstance(encoded, EncodedImage) else None
-    out["reduction"] = torch.tensor(reduction_for(box, cfg.data.img_size) if box else 1)
-    return out
+        encoded = self.encoded[index][0]
+        normalised = self.finish(collate_encoded([(encoded, 0)])[0])[0]
+        out["gpu"] = ((normalised * self.std + self.mean) * 255).round().to(torch.uint8)
+        box = encoded.box if isinstance(encoded, EncodedImage) else None
+        return out, reduction_for(box, self.cfg.img_size) if box else 1
 
 
 def stats(diffs: list[torch.Tensor]) -> dict:
@@ -64,13 +71,14 @@ def main() -> None:
         cfg = load_config("places_lt", [f"data.root={tmp}", f"data.train_list={listing}",
                                         f"data.test_list={listing}", *args.set])
         dataset = build_datasets(cfg.data).train
+        crops = Crops(cfg, dataset)
         diffs: dict[tuple[str, int], list[torch.Tensor]] = {}
         for index in range(len(dataset)):
             for key in range(args.keys):
-                out = crops(cfg, dataset, 1000 * key + index, index)
+                out, reduction = crops(1000 * key + index, index)
                 for path in ("fast", "gpu"):
                     diff = (out[path].int() - out["exact"].int()).abs()
-                    diffs.setdefault((path, int(out["reduction"])), []).append(diff)
+                    diffs.setdefault((path, reduction), []).append(diff)
                     diffs.setdefault((path, 0), []).append(diff)
     for (path, reduction), d in sorted(diffs.items()):
         print(json.dumps({"size": args.size, "interpolation": cfg.data.interpolation, "decode": path,
