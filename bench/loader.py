@@ -36,6 +36,8 @@ import torch
 from PIL import Image
 
 import lpt.data.decode
+from lpt.data.decode import FastCrop
+from lpt.data.gpu_decode import EncodedCrop
 
 from lpt.config import load_config
 from lpt.data import TrainImages, build_datasets, build_train_stream, build_transform, train_images, with_transform
@@ -63,9 +65,10 @@ def measure(root: Path, listing: Path, workers: int, batch: int, steps: int, dec
     cfg = load_config("places_lt", [f"data.root={root}", f"data.train_list={listing}", f"data.test_list={listing}",
                                     f"data.num_workers={workers}", f"data.decode={path}", *overrides])
     splits = build_datasets(cfg.data)
-    images = train_images(splits.train, cfg.data, device or "cpu")  # uint8: as lpt train does
     if normalize:
         images = TrainImages(with_transform(splits.train, build_transform(cfg.data, train=True)), finish=None)
+    else:
+        images = train_images(splits.train, cfg.data, device or "cpu")  # uint8: as lpt train does
     stream = build_train_stream(images.dataset, "dual", batch, cfg.data.samples_per_class, workers, cfg.seed,
                                 rank=0, world_size=1, pin_memory=torch.cuda.is_available(), collate=images.collate)
     finish = _finisher(images, device)
@@ -109,8 +112,8 @@ def _finisher(images: TrainImages, device: str | None):
 
 
 def _decoded_as(images: TrainImages) -> str:
-    reader = type(getattr(images.dataset, "reader", None)).__name__
-    return {"FastCrop": "fast", "EncodedCrop": "gpu"}.get(reader, "exact")
+    reader = getattr(images.dataset, "reader", None)
+    return "fast" if isinstance(reader, FastCrop) else "gpu" if isinstance(reader, EncodedCrop) else "exact"
 
 
 def main() -> None:
