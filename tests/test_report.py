@@ -365,6 +365,28 @@ def test_lpt_report_recomputes_missing_predictions(run_dir, tmp_path, capsys):
         f"lpt report: {run_dir.name}", f"lpt report: {other.name}")
 
 
+def test_lpt_report_recomputes_predictions_with_the_runs_tta(run_dir, tmp_path):
+    """A run evaluated with ``tta=flip`` gets the flip ensemble's predictions, as training would have written."""
+    from lpt.data import build_test_dataset
+    from lpt.evaluation import evaluate, tta_outputs
+    from lpt.run.load import load_run
+
+    other = tmp_path / "flip"
+    shutil.copytree(run_dir, other)
+    (other / "predictions.npz").unlink()
+    config = other / "config.yaml"
+    assert "\ntta: none\n" in config.read_text()
+    config.write_text(config.read_text().replace("\ntta: none\n", "\ntta: flip\n"))
+    assert main(["report", str(other), "--device", "cpu"]) == 0
+    run = load_run(other, torch.device("cpu"))
+    flip = evaluate(run.model, build_test_dataset(run.config.data), tta_outputs("flip"), device=torch.device("cpu"),
+                    progress=False)
+    after = read_predictions(other)
+    for key in ("labels", "preds", "top5", "groups"):
+        assert np.array_equal(after[key], flip[key]), key
+    assert not np.array_equal(after["preds"], read_predictions(run_dir)["preds"])  # the ensemble changes some
+
+
 def test_lpt_report_refuses_an_unfinished_run(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("seed: 0\n")
     (tmp_path / "classes.json").write_text('{"classes": ["a"], "train_counts": [1]}')

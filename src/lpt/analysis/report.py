@@ -21,7 +21,7 @@ from lpt.analysis.matching import matching_stats
 from lpt.metrics import ACCURACIES, GROUPS, SHOT_RULES, shot_groups
 from lpt.run.files import PREDICTIONS, RunFiles, read_run, write_predictions
 from lpt.data import build_test_dataset
-from lpt.run.load import evaluate_with, load_run
+from lpt.run.load import evaluate_predictions, load_run
 from lpt.utils import atomic_write_bytes, atomic_write_text, resolve_device
 
 REPORT_HTML, REPORT_MD = "report.html", "report.md"
@@ -316,8 +316,8 @@ def compute_predictions(run_dir: str | Path, device: str = "auto") -> Path:
     """Evaluate a run on its test split and save ``predictions.npz`` (for runs written before reports
     existed, or imported ones); needs the test data."""
     run = load_run(run_dir, resolve_device(device))
-    cfg = run.config
-    out = evaluate_with(cfg, run.model, build_test_dataset(cfg.data), device=next(run.model.parameters()).device)
+    out = evaluate_predictions(run.config, run.model, build_test_dataset(run.config.data),
+                               device=next(run.model.parameters()).device)
     return write_predictions(run_dir, out)
 
 

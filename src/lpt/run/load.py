@@ -108,12 +108,18 @@ def evaluate_with(cfg: Config, model: LPT, dataset, outputs: Outputs = predictio
                     num_workers=cfg.data.num_workers, dist=dist, progress=cfg.progress, desc=desc)
 
 
+def evaluate_predictions(cfg: Config, model: LPT, dataset, *, device: torch.device, dist: DistContext = DistContext(),
+                         desc: str = "eval") -> dict:
+    """The arrays of predictions.npz for ``model`` on ``dataset`` under the run's test-time ensembling ``cfg.tta``."""
+    dataset, outputs = tta_evaluation(dataset, cfg.data, cfg.tta, cfg.tta_expand)
+    return evaluate_with(cfg, model, dataset, outputs, device=device, dist=dist, desc=desc)
+
+
 def shot_metrics(model: LPT, dataset, train_counts: list[int], cfg: Config, device: torch.device,
                  dist: DistContext = DistContext(), desc: str = "eval") -> tuple[dict, dict]:
     """Shot-split metrics of ``model`` on ``dataset`` (with the model's phase and the test-time ensembling
     ``cfg.tta``) and the evaluation's arrays."""
-    dataset, outputs = tta_evaluation(dataset, cfg.data, cfg.tta, cfg.tta_expand)
-    out = evaluate_with(cfg, model, dataset, outputs, device=device, dist=dist, desc=desc)
+    out = evaluate_predictions(cfg, model, dataset, device=device, dist=dist, desc=desc)
     return shot_accuracy(out["preds"], out["labels"], train_counts) | {"phase": model.phase, "tta": cfg.tta}, out
 
 
