@@ -10,7 +10,7 @@ from torchvision.transforms import v2 as T
 
 from lpt.cli import main
 from lpt.config import ConfigError, DataConfig, load_config
-from lpt.data.transforms import BatchNormalize, build_transform, crop_boxes
+from lpt.data.transforms import BatchNormalize, FiveCrops, build_transform
 from lpt.evaluation import VIEWS, ensemble_logits, evaluate, predictions, tta_outputs
 from lpt.model import LPT
 
@@ -81,13 +81,19 @@ def test_crops_ensemble_is_the_mean_over_the_five_views():
     assert torch.equal(first["groups"], each[0]["groups"])  # the centre crop
 
 
-def test_crop_boxes_are_the_centre_and_the_four_corners():
-    # (top, left, height, width): centre (rounded as torchvision rounds: 1.5 -> 2, 2.5 -> 2), then TL, TR, BL, BR
-    assert crop_boxes(6, 9, 4) == [(1, 2, 4, 4), (0, 0, 4, 4), (0, 5, 4, 4), (2, 0, 4, 4), (2, 5, 4, 4)]
-    assert crop_boxes(7, 10, 4) == [(2, 3, 4, 4), (0, 0, 4, 4), (0, 6, 4, 4), (3, 0, 4, 4), (3, 6, 4, 4)]
-    assert crop_boxes(4, 4, 4) == [(0, 0, 4, 4)] * 5
-    with pytest.raises(ValueError, match="5-pixel crop does not fit a 4x9 image"):
-        crop_boxes(4, 9, 5)
+@pytest.mark.parametrize("height, width, boxes", [
+    (6, 9, [(1, 2), (0, 0), (0, 5), (2, 0), (2, 5)]),  # centre offsets rounded as torchvision rounds: 1.5 -> 2
+    (7, 10, [(2, 3), (0, 0), (0, 6), (3, 0), (3, 6)]),  # 2.5 -> 2
+    (4, 4, [(0, 0)] * 5),
+])
+def test_five_crops_are_the_centre_and_the_four_corners(height, width, boxes):
+    image = torch.arange(3 * height * width).reshape(3, height, width)
+    views = FiveCrops(4)(image)
+    assert type(views) is torch.Tensor and views.shape == (5, 3, 4, 4)
+    for view, (top, left) in zip(views, boxes):  # centre, then top-left, top-right, bottom-left, bottom-right
+        assert torch.equal(view, image[:, top:top + 4, left:left + 4])
+    with pytest.raises(ValueError, match="bigger than input size"):
+        FiveCrops(5)(image[:, :4])
 
 
 def _normalised(pixels: torch.Tensor) -> torch.Tensor:

@@ -41,26 +41,17 @@ def _eval_geometry(resize: int, size: int, mode: str, how: InterpolationMode) ->
     return [_resize(max(resize, size), mode, how), v2.CenterCrop(size)]
 
 
-def crop_boxes(height: int, width: int, size: int) -> list[tuple[int, int, int, int]]:
-    """``(top, left, height, width)`` of the five ``size`` crops of an image, the centre first, then the top-left,
-    top-right, bottom-left and bottom-right corners: torchvision's ``FiveCrop`` (centre offsets rounded as it rounds
-    them), which LIFT's test-time ensemble takes (shijxcs/LIFT@661ead9 trainer.py:120)."""
-    if size > min(height, width):
-        raise ValueError(f"a {size}-pixel crop does not fit a {height}x{width} image")
-    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
-    bottom, right = height - size, width - size
-    return [(t, lr, size, size) for t, lr in ((top, left), (0, 0), (0, right), (bottom, 0), (bottom, right))]
-
-
 class FiveCrops:
-    """An image tensor ``[C, H, W]`` -> its five crops of :func:`crop_boxes`, stacked ``[5, C, size, size]``."""
+    """An image tensor ``[C, H, W]`` -> its five ``size`` crops stacked ``[5, C, size, size]``: torchvision's
+    ``five_crop``, which LIFT's test-time ensemble takes (shijxcs/LIFT@661ead9 trainer.py:120), with the centre moved
+    first, since evaluation matches prompts on the first view."""
 
     def __init__(self, size: int):
         self.size = size
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        boxes = crop_boxes(image.shape[-2], image.shape[-1], self.size)
-        return torch.stack([image[..., t:t + h, lr:lr + w].as_subclass(torch.Tensor) for t, lr, h, w in boxes])
+        top_left, top_right, bottom_left, bottom_right, centre = v2.functional.five_crop(image, self.size)
+        return torch.stack([centre, top_left, top_right, bottom_left, bottom_right]).as_subclass(torch.Tensor)
 
     def __repr__(self) -> str:
         return f"FiveCrops(size={self.size})"
@@ -84,7 +75,7 @@ def build_transform(cfg: DataConfig, train: bool, normalize: bool = True, expand
             device, with the same arithmetic (loader processes do less work and move a quarter of the bytes).
         expand: evaluation with LIFT's crop ensemble (``tta=crops``, shijxcs/LIFT trainer.py:117-122): resize
             to ``img_size + expand`` (shorter side or square, as ``test_resize_mode`` says; ``test_resize`` is
-            not used) and take the five crops of :func:`crop_boxes` instead of the centre crop.
+            not used) and take :class:`FiveCrops` instead of the centre crop.
 
     Returns:
         A callable mapping an RGB PIL image to a float32 tensor [3, img_size, img_size] (uint8 with
