@@ -13,6 +13,8 @@
 #
 #   bash bench/gpu_decode.sh OUT_DIR [WORKERS] [STEPS]   # lpt importable; WORKERS default (cores - 2) / 2
 #   STEPS: any of data loader diff throughput train (default all, in that order); each command has a 300 s limit
+#   A rehearsal on a CPU machine (every command, tiny): DEVICE=cpu BACKBONE=vit_tiny_patch16_224 IMAGES=96 BATCH=16 \
+#       bash bench/gpu_decode.sh OUT_DIR 1
 #
 # The built cropped decoder, src/lpt/data/_jpegcrop*.so, is git-ignored: a copy of the tree needs it carried along or
 # rebuilt (make install), or fast decodes whole images; gpu.txt says which.
@@ -27,14 +29,18 @@ py=${PYTHON:-python}
 lpt=${LPT:-lpt}
 mkdir -p "$out"
 sizes=(256x256 800x600)
-images=6144
+images=${IMAGES:-6144}
+device=${DEVICE:-cuda}
+backbone=${BACKBONE:-vit_base_patch16_224}
+batch=${BATCH:-256}
 
 run() {  # one command, logged, time-limited; a failure is recorded and the sweep goes on
     echo "$*" >>"$out/commands.txt"
     timeout 300 "$@" 2>>"$out/errors.log" || echo "{\"failed\": \"$*\"}" | tee -a "$out/errors.log"
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"; } \
+    | tee "$out/gpu.txt"
 "$py" -c "import torch, torchvision, simplejpeg; print('torch', torch.__version__, 'torchvision', \
 torchvision.__version__, 'simplejpeg', simplejpeg.__version__, 'cpu cores', __import__('os').cpu_count())" \
     | tee -a "$out/gpu.txt"
@@ -48,7 +54,7 @@ for size in "${sizes[@]}"; do
     esac
     case " $steps " in *" loader "*)
         run "$py" "$here/loader.py" --root "$data" --size "$size" --workers 1 "$workers" --decode exact fast gpu \
-            --device cuda --batch 256 --steps 15 >>"$out/loader.jsonl"
+            --device "$device" --batch "$batch" --steps 15 >>"$out/loader.jsonl"
         tail -n 6 "$out/loader.jsonl";;
     esac
     case " $steps " in *" diff "*)
@@ -58,8 +64,8 @@ done
 
 case " $steps " in *" throughput "*)
     for method in lpt1 lpt2; do
-        run "$py" "$here/throughput.py" --method "$method" --mode train --backbone vit_base_patch16_224 --img 224 \
-            --batch 256 --device cuda --precision bf16 >>"$out/throughput.jsonl"
+        run "$py" "$here/throughput.py" --method "$method" --mode train --backbone "$backbone" --img 224 \
+            --batch "$batch" --device "$device" --precision bf16 >>"$out/throughput.jsonl"
         tail -n 1 "$out/throughput.jsonl"
     done;;
 esac
@@ -70,7 +76,8 @@ case " $steps " in *" train "*)
         for decode in exact fast gpu; do
             run "$lpt" train --config places_lt --out "$out/train_${size}_$decode" --overwrite \
                 "data.root=$data" "data.train_list=$data/train.txt" "data.test_list=$data/test.txt" \
-                model.pretrained=false model.backbone=vit_base_patch16_224 phase1.epochs=2 phase2.epochs=1 \
+                model.pretrained=false "model.backbone=$backbone" phase1.epochs=2 phase2.epochs=1 \
+                "phase1.batch_size=$batch" "phase2.batch_size=$batch" "eval_batch_size=$batch" "device=$device" \
                 "data.num_workers=$workers" "data.decode=$decode" progress=false
             grep -h '"epoch"' "$out/train_${size}_$decode/metrics.jsonl" | tail -n 2
         done
