@@ -80,12 +80,15 @@ def collate_encoded(samples: Sequence[tuple[EncodedImage | torch.Tensor, int]]) 
     return EncodedBatch(images), torch.tensor(labels, dtype=torch.int64)
 
 
+def _codec_warnings_off() -> warnings.catch_warnings:
+    """torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every call; lpt keeps them
+    (pinned, and the batched nvJPEG call it needs) and silences that warning around each call."""
+    return warnings.catch_warnings(action="ignore", category=DeprecationWarning)
+
+
 def decode_jpeg(data: torch.Tensor | list[torch.Tensor], device: torch.device) -> torch.Tensor | list[torch.Tensor]:
-    """``torchvision.io.decode_jpeg`` to RGB on ``device``. torchvision 0.29 deprecates its image codecs in favour of
-    TorchCodec and warns on every call; lpt keeps them (pinned, and the batched nvJPEG call it needs) and silences
-    that warning here."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    """``torchvision.io.decode_jpeg`` to RGB on ``device``."""
+    with _codec_warnings_off():
         return tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, device=device)
 
 
@@ -137,8 +140,7 @@ def gpu_decode_problem(device: torch.device) -> str | None:
     if device.type != "cuda" or not torch.cuda.is_available():
         return f"no CUDA device (the run's device is {device})"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with _codec_warnings_off():
             tiny = tvio.encode_jpeg(torch.zeros(3, 16, 16, dtype=torch.uint8))
         decode_jpeg(tiny, device)
     except (RuntimeError, TypeError, ValueError) as exc:
