@@ -13,13 +13,15 @@
 #
 #   bash bench/gpu_decode.sh OUT_DIR [WORKERS] [STEPS]   # lpt importable; WORKERS default (cores - 2) / 2
 #   STEPS: any of data loader diff throughput train (default all, in that order); each command has a 300 s limit
+#   SIZES (default "256x256 800x600") and DECODES (default "exact fast gpu") narrow the sweep.
 #   A rehearsal on a CPU machine (every command, tiny): DEVICE=cpu BACKBONE=vit_tiny_patch16_224 IMAGES=96 BATCH=16 \
 #       bash bench/gpu_decode.sh OUT_DIR 1
 #
 # The built cropped decoder, src/lpt/data/_jpegcrop*.so, is git-ignored: a copy of the tree needs it carried along or
 # rebuilt (make install), or fast decodes whole images; gpu.txt says which.
-# Writes OUT_DIR/gpu.txt, loader.jsonl, decode_diff.jsonl, throughput.jsonl, train_<size>_<decode>/ (each run's
-# directory: metrics.jsonl has images/s per epoch), errors.log and commands.txt (every command as run).
+# Writes OUT_DIR/gpu.txt, loader.jsonl, decode_diff.jsonl, throughput.jsonl, train.jsonl (every epoch record of the
+# runs, images/s included, with the size and decode), train_<size>_<decode>/ (each run's directory), errors.log and
+# commands.txt (every command as run). LPT="python3 -m lpt" where lpt is on PYTHONPATH with no console script.
 set -u
 out=${1:?usage: bench/gpu_decode.sh OUT_DIR [WORKERS] [STEPS]}
 workers=${2:-$(( ($(nproc) - 2) / 2 ))}
@@ -28,7 +30,8 @@ here=$(dirname "$0")
 py=${PYTHON:-python}
 lpt=${LPT:-lpt}
 mkdir -p "$out"
-sizes=(256x256 800x600)
+read -r -a sizes <<<"${SIZES:-256x256 800x600}"
+read -r -a decodes <<<"${DECODES:-exact fast gpu}"
 images=${IMAGES:-6144}
 device=${DEVICE:-cuda}
 backbone=${BACKBONE:-vit_base_patch16_224}
@@ -53,7 +56,7 @@ for size in "${sizes[@]}"; do
         [ -f "$data/train.txt" ] || run "$py" "$here/synthetic_images.py" "$data" --images "$images" --size "$size";;
     esac
     case " $steps " in *" loader "*)
-        run "$py" "$here/loader.py" --root "$data" --size "$size" --workers 1 "$workers" --decode exact fast gpu \
+        run "$py" "$here/loader.py" --root "$data" --size "$size" --workers 1 "$workers" --decode "${decodes[@]}" \
             --device "$device" --batch "$batch" --steps 15 >>"$out/loader.jsonl"
         tail -n 6 "$out/loader.jsonl";;
     esac
@@ -73,13 +76,15 @@ esac
 case " $steps " in *" train "*)
     for size in "${sizes[@]}"; do
         data="$out/jpeg_$size"
-        for decode in exact fast gpu; do
-            run "$lpt" train --config places_lt --out "$out/train_${size}_$decode" --overwrite \
+        for decode in "${decodes[@]}"; do
+            # shellcheck disable=SC2086  # LPT may be a command with arguments, e.g. "python3 -m lpt"
+            run $lpt train --config places_lt --out "$out/train_${size}_$decode" --overwrite \
                 "data.root=$data" "data.train_list=$data/train.txt" "data.test_list=$data/test.txt" \
                 model.pretrained=false "model.backbone=$backbone" phase1.epochs=2 phase2.epochs=1 \
                 "phase1.batch_size=$batch" "phase2.batch_size=$batch" "eval_batch_size=$batch" "device=$device" \
                 "data.num_workers=$workers" "data.decode=$decode" progress=false
-            grep -h '"epoch"' "$out/train_${size}_$decode/metrics.jsonl" | tail -n 2
+            grep -h '"epoch"' "$out/train_${size}_$decode/metrics.jsonl" \
+                | sed "s/^{/{\"size\": \"$size\", \"decode\": \"$decode\", /" | tee -a "$out/train.jsonl"
         done
     done;;
 esac

@@ -29,6 +29,7 @@ import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,19 +44,29 @@ from lpt.config import load_config
 from lpt.data import TrainImages, build_datasets, build_train_stream, build_transform, train_images, with_transform
 
 
+def _write_jpeg(path: Path, coarse: np.ndarray, noise: np.ndarray, size: tuple[int, int], quality: int) -> None:
+    img = Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC)
+    noisy = np.asarray(img, dtype=np.int16) + noise
+    Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=quality)
+
+
 def write_images(root: Path, count: int, size: tuple[int, int], classes: int, seed: int = 0,
                  quality: int = 90) -> Path:
-    """``count`` JPEGs of ``size`` (width, height) and ``quality`` under root/img, and root/train.txt listing them."""
+    """``count`` JPEGs of ``size`` (width, height) and ``quality`` under root/img, and root/train.txt listing them.
+    The random draws are made here, in order; the resizing and encoding, most of the time, in one process per core
+    (the same files as one process writes)."""
     rng = np.random.default_rng(seed)
     (root / "img").mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i in range(count):
-        coarse = rng.integers(0, 256, (size[1] // 16 + 1, size[0] // 16 + 1, 3), dtype=np.uint8)
-        img = Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC)
-        noisy = np.asarray(img, dtype=np.int16) + rng.integers(-12, 13, (size[1], size[0], 3))
-        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(root / "img" / f"{i:06d}.jpg", quality=quality)
-        lines.append(f"img/{i:06d}.jpg {i % classes}")
-    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    paths = [root / "img" / f"{i:06d}.jpg" for i in range(count)]
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        for start in range(0, count, 64):  # a bounded number of images in flight
+            jobs = [pool.submit(_write_jpeg, path, rng.integers(0, 256, (size[1] // 16 + 1, size[0] // 16 + 1, 3),
+                                                                dtype=np.uint8),
+                                rng.integers(-12, 13, (size[1], size[0], 3)).astype(np.int8), size, quality)
+                    for path in paths[start:start + 64]]
+            for job in jobs:
+                job.result()
+    (root / "train.txt").write_text("".join(f"img/{i:06d}.jpg {i % classes}\n" for i in range(count)))
     return root / "train.txt"
 
 

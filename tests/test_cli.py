@@ -212,3 +212,16 @@ def test_compile_option_compiles_the_model_it_trains(tmp_path, tiny_overrides, m
     assert compiled == []
     assert main(["--quiet", "train", "--config", "demo", "--out", str(tmp_path / "c"), *overrides, "compile=true"]) == 0
     assert len(compiled) == 1 and isinstance(compiled[0], lpt.LPT)
+
+
+def test_version_is_the_installed_packages_and_python_m_lpt_is_the_command(tmp_path):
+    import importlib.metadata
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(lpt.__file__).parents[1]  # a checkout's src/: no console script needed
+    done = subprocess.run([sys.executable, "-m", "lpt", "--version"], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"lpt {importlib.metadata.version('lpt')}\n" == f"lpt {lpt.__version__}\n"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from lpt.config import ConfigError, load_config, preset_names
+from lpt.version import __version__
 
 
 def _default_out(name: str) -> Path:
@@ -286,6 +287,7 @@ def _common_options(parser: argparse.ArgumentParser, default: object) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lpt", description="Long-tailed prompt tuning of frozen ViTs (LPT).")
+    parser.add_argument("--version", action="version", version=f"lpt {__version__}")
     _common_options(parser, None)
     common = argparse.ArgumentParser(add_help=False)
     _common_options(common, argparse.SUPPRESS)
