@@ -4,8 +4,7 @@
 #   1. bench/loader.py: images/s of the training loader per decode path (exact, fast, gpu) with the batches
 #      finished on the GPU as the trainer finishes them (normalised; decoded there under gpu), at 1 and at
 #      WORKERS loader processes per stream;
-#   2. bench/decode_diff.py on the CPU: how far fast's and gpu's crops are from exact's (nvJPEG itself is measured
-#      by step 3's runs only);
+#   2. bench/decode_diff.py: how far fast's crops (CPU) and gpu's (nvJPEG) are from exact's;
 #   3. bench/throughput.py: the model-only rate of LPT phase 1 and phase 2 training steps (images on the GPU);
 #   4. lpt train --config places_lt end to end on the same JPEGs, per decode path (phase 1: 2 epochs, the second
 #      is the steady rate; phase 2: 1 epoch), to set against step 3.
@@ -61,7 +60,7 @@ for size in "${sizes[@]}"; do
         tail -n 6 "$out/loader.jsonl";;
     esac
     case " $steps " in *" diff "*)
-        run "$py" "$here/decode_diff.py" --size "$size" --images 60 --keys 3 >>"$out/decode_diff.jsonl";;
+        run "$py" "$here/decode_diff.py" --size "$size" --images 60 --keys 3 --device "$device" >>"$out/decode_diff.jsonl";;
     esac
 done
 
