@@ -6,8 +6,8 @@
 #      WORKERS loader processes per stream;
 #   2. bench/decode_diff.py: how far fast's crops (CPU) and gpu's (nvJPEG) are from exact's;
 #   3. bench/throughput.py: the model-only rate of LPT phase 1 and phase 2 training steps (images on the GPU);
-#   4. lpt train --config places_lt end to end on the same JPEGs, per decode path (phase 1: 2 epochs, the second
-#      is the steady rate; phase 2: 1 epoch), to set against step 3.
+#   4. lpt train --config places_lt end to end on the same JPEGs, per decode path (2 epochs a phase: the second is
+#      the steady rate, the first holds the loader processes' start and CUDA's warm-up), to set against step 3.
 # ViT-B/16 with random weights, 224 px, bf16 (the preset's), batch 256 per stream as in the paper.
 #
 #   bash bench/gpu_decode.sh OUT_DIR [WORKERS] [STEPS]   # lpt importable; WORKERS default (cores - 2) / 2
@@ -79,7 +79,7 @@ case " $steps " in *" train "*)
             # shellcheck disable=SC2086  # LPT may be a command with arguments, e.g. "python3 -m lpt"
             run $lpt train --config places_lt --out "$out/train_${size}_$decode" --overwrite \
                 "data.root=$data" "data.train_list=$data/train.txt" "data.test_list=$data/test.txt" \
-                model.pretrained=false "model.backbone=$backbone" phase1.epochs=2 phase2.epochs=1 \
+                model.pretrained=false "model.backbone=$backbone" phase1.epochs=2 phase2.epochs=2 \
                 "phase1.batch_size=$batch" "phase2.batch_size=$batch" "eval_batch_size=$batch" "device=$device" \
                 "data.num_workers=$workers" "data.decode=$decode" progress=false
             grep -h '"epoch"' "$out/train_${size}_$decode/metrics.jsonl" \
