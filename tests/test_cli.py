@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
 
 import lpt
 from lpt.cli import main
@@ -61,19 +63,19 @@ def _ensemble_accuracy(run, views) -> tuple[float, list]:
     return metrics["overall"], metrics["per_class"]
 
 
+def tensor(img):  # the demo's normalisation: mean 0.5, std 0.5
+    return (T.functional.to_dtype(T.functional.pil_to_tensor(img), torch.float32, scale=True) - 0.5) / 0.5
+
+
+def flip(img):  # 28x28 images at img_size 28: the image and its mirror
+    return [tensor(img), tensor(img).flip(-1)]
+
+
+def crops(img):  # LIFT: resize to 28 + 24, five 28-pixel crops
+    return [tensor(c) for c in T.FiveCrop(28)(T.Resize(52, InterpolationMode.BICUBIC, antialias=True)(img))]
+
+
 def test_eval_with_test_time_ensembling(trained_run, capsys):
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import v2 as T
-
-    def tensor(img):  # the demo's normalisation: mean 0.5, std 0.5
-        return (T.functional.to_dtype(T.functional.pil_to_tensor(img), torch.float32, scale=True) - 0.5) / 0.5
-
-    def flip(img):  # 28x28 images at img_size 28: the image and its mirror
-        return [tensor(img), tensor(img).flip(-1)]
-
-    def crops(img):  # LIFT: resize to 28 + 24, five 28-pixel crops
-        return [tensor(c) for c in T.FiveCrop(28)(T.Resize(52, InterpolationMode.BICUBIC, antialias=True)(img))]
-
     saved = json.loads((trained_run / "metrics.json").read_text())
     assert saved["tta"] == "none"
     capsys.readouterr()
@@ -113,6 +115,36 @@ def test_predict_writes_top5_csv(trained_run, tmp_path, capsys):
     classes = json.loads((trained_run / "classes.json").read_text())["classes"]
     scores = [float(s) for s in rows[1][2::2]]
     assert set(rows[1][1::2]) <= set(classes) and scores == sorted(scores, reverse=True)
+
+
+def test_predict_under_test_time_ensembling(trained_run, tmp_path, capsys):
+    from lpt.config import ConfigError
+
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (28, 28, 3), dtype=np.uint8)) for i in range(4)]
+    run = lpt.load_run(trained_run)
+
+    def expected(views):  # softmax(scale * the views' mean logits), one image at a time
+        with torch.no_grad():
+            logits = torch.stack([torch.stack([run.model(v[None])[0] for v in views(img)]).mean(0) for img in images])
+        return (run.logit_scale * logits).softmax(1)
+
+    plain = run.predict(images)
+    torch.testing.assert_close(plain, expected(lambda img: [tensor(img)]))
+    torch.testing.assert_close(run.predict(images, tta="flip"), expected(flip))
+    torch.testing.assert_close(run.predict(images, tta="crops"), expected(crops))
+    assert (run.predict(images, tta="flip") - plain).abs().max() > 1e-3
+    run.config.tta = "crops"  # a run trained with tta=crops (the LIFT presets) predicts as it was evaluated
+    torch.testing.assert_close(run.predict(images), expected(crops))
+    with pytest.raises(ConfigError, match="tta=crops cuts five crops from each image"):
+        run.predict(torch.stack([tensor(img) for img in images]))
+    with pytest.raises(ConfigError, match="tta 'tencrop': choose from none, flip, crops"):
+        run.predict(images, tta="tencrop")
+    for i, img in enumerate(images):
+        img.save(tmp_path / f"{i}.png")
+    out = tmp_path / "flip.csv"
+    assert main(["predict", "--run", str(trained_run), str(tmp_path), "--tta", "flip", "--out", str(out)]) == 0
+    top1 = [float(row[2]) for row in list(csv.reader(out.open()))[1:]]
+    assert top1 == pytest.approx(expected(flip).max(1).values.tolist(), abs=1e-4)  # the CSV keeps 4 decimals
 
 
 def test_phase2_alone_starts_from_a_phase1_run(trained_run, tiny_overrides, tmp_path):

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from lpt.config import ConfigError, load_config, preset_names
+from lpt.config import CHOICES, ConfigError, load_config, preset_names
 from lpt.version import __version__
 
 
@@ -142,7 +142,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from lpt.run.predict import expand_images, predict_topk
 
     run = load_run(args.run)
-    rows = predict_topk(run, expand_images(args.images), k=args.topk)
+    rows = predict_topk(run, expand_images(args.images), k=args.topk, tta=args.tta)
     if args.out:
         with open(args.out, "w", newline="") as fh:
             writer = csv.writer(fh)
@@ -285,6 +285,11 @@ def _common_options(parser: argparse.ArgumentParser, default: object) -> None:
                         help="CPU threads of torch's operators (0: the cores this process may use)")
 
 
+def _tta_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", choices=CHOICES["tta"],
+                   help="test-time ensembling instead of the run's (config key tta; crops: LIFT's five crops)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lpt", description="Long-tailed prompt tuning of frozen ViTs (LPT).")
     parser.add_argument("--version", action="version", version=f"lpt {__version__}")
@@ -319,8 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", metavar="key=value", help="data overrides, e.g. test_list=val.txt root=/data")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    p.add_argument("--tta", choices=["none", "flip", "crops"],
-                   help="test-time ensembling instead of the run's (config key tta; crops: LIFT's five crops)")
+    _tta_option(p)
     p.add_argument("--zero-shot", action="store_true",
                    help="CLIP's own classifier (the class names' text embeddings, model.text) on --config's data, "
                         "written as a run directory (--out) with the shot table")
@@ -334,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--out", help="write a CSV file instead of printing")
+    _tta_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("import-official", help="turn the published LPT checkpoint (DongSky/LPT) into a run directory")

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from lpt.config import Config, ConfigError, apply_overrides, from_dict, to_dict
+from lpt.config import CHOICES, Config, ConfigError, apply_overrides, from_dict, to_dict
 from lpt.data import build_test_dataset, build_transform
 from lpt.distributed import DistContext
-from lpt.evaluation import Outputs, evaluate, predictions, tta_evaluation
+from lpt.evaluation import VIEWS, Outputs, evaluate, predictions, tta_evaluation
 from lpt.methods import get_method
 from lpt.metrics import shot_accuracy
 from lpt.model import LPT, BackboneIdentity
@@ -50,9 +50,21 @@ class Run:
         """What the training softmax multiplied the model's logits by (``loss.scale``; the losses apply it)."""
         return self.config.loss.scale
 
-    def predict(self, images: Sequence[Any] | torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Class probabilities ``[N, C]`` of image paths, PIL images, or a batch already made by ``transform``."""
-        return predict_images(self.model, self.transform, self.logit_scale, images, batch_size)
+    def predict(self, images: Sequence[Any] | torch.Tensor, batch_size: int = 64, tta: str | None = None
+                ) -> torch.Tensor:
+        """Class probabilities ``[N, C]`` of image paths, PIL images, or a batch already made by ``transform``,
+        under the test-time ensembling ``tta`` (none, flip, crops; default the run's ``config.tta``, as its
+        evaluation). ``crops`` cuts its views from the images, so it takes paths or PIL images only."""
+        tta = self.config.tta if tta is None else tta
+        if tta not in CHOICES["tta"]:
+            raise ConfigError(f"tta {tta!r}: choose from {', '.join(CHOICES['tta'])}")
+        if tta == "crops" and isinstance(images, torch.Tensor):
+            raise ConfigError("tta=crops cuts five crops from each image: give image paths or PIL images, or predict "
+                              "a batch made by run.transform with tta='none'")
+        transform = self.transform
+        if tta == "crops":
+            transform = build_transform(self.config.data, train=False, expand=self.config.tta_expand)
+        return predict_images(self.model, transform, self.logit_scale, images, batch_size, views=VIEWS.get(tta))
 
 
 def load_trained(model: LPT, identity: BackboneIdentity, run_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:

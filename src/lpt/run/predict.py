@@ -11,6 +11,7 @@ from PIL import Image
 
 from lpt.config import ConfigError
 from lpt.data.datasets import load_rgb, to_rgb
+from lpt.evaluation import Views, ensemble_logits
 from lpt.model.lpt import LPT
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -51,10 +52,16 @@ def check_batch(images: torch.Tensor, model: LPT) -> None:
         raise ConfigError(f"images have shape {tuple(images.shape)}; the model takes [N, 3, {size[0]}, {size[1]}]")
 
 
+def _logits(model: LPT, images: torch.Tensor, views: Views | None) -> torch.Tensor:
+    return model(images).float() if views is None else ensemble_logits(model, views(images))[0]
+
+
 @torch.no_grad()
 def predict_images(model: LPT, transform: Callable, scale: float, images: Sequence[Any] | torch.Tensor,
-                   batch_size: int = 64) -> torch.Tensor:
-    """Probabilities ``softmax(scale * logits)`` ``[N, C]`` on the CPU, in the order given."""
+                   batch_size: int = 64, views: Views | None = None) -> torch.Tensor:
+    """Probabilities ``softmax(scale * logits)`` ``[N, C]`` on the CPU, in the order given; with ``views`` (a
+    test-time ensemble of :data:`lpt.evaluation.VIEWS`, its input made by ``transform``) the logits are averaged over
+    the views first, as evaluation averages them."""
     device = next(model.parameters()).device
     if isinstance(images, torch.Tensor):
         check_batch(images, model)
@@ -62,14 +69,14 @@ def predict_images(model: LPT, transform: Callable, scale: float, images: Sequen
     else:
         chunks = (torch.stack([_as_tensor(x, transform) for x in images[i : i + batch_size]])
                   for i in range(0, len(images), batch_size))
-    probs = [(scale * model(chunk.to(device)).float()).softmax(dim=1).cpu() for chunk in chunks]
+    probs = [(scale * _logits(model, chunk.to(device), views)).softmax(dim=1).cpu() for chunk in chunks]
     return torch.cat(probs)
 
 
-def predict_topk(run, paths: list[Path], k: int = 5, batch_size: int = 64) -> list[dict]:
+def predict_topk(run, paths: list[Path], k: int = 5, batch_size: int = 64, tta: str | None = None) -> list[dict]:
     """One record per image of ``run`` (an ``lpt.run.load.Run``): path, and the top-k classes with their
-    probabilities."""
+    probabilities (under ``run.predict``'s test-time ensembling ``tta``)."""
     k = min(k, len(run.classes))
-    top = run.predict(paths, batch_size).topk(k, dim=1)
+    top = run.predict(paths, batch_size, tta).topk(k, dim=1)
     return [{"path": str(path), "classes": [run.classes[i] for i in idx], "scores": val}
             for path, idx, val in zip(paths, top.indices.tolist(), top.values.tolist())]
