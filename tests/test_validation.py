@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import lpt
+from lpt.analysis.report import write_report
 from lpt.cli import main
 from lpt.config import ConfigError, load_config
 from lpt.model.state import read_tensors
@@ -72,6 +73,11 @@ def test_best_val_keeps_the_best_epoch_not_the_last(list_data, tmp_path, monkeyp
     summary = json.loads((out / "run.json").read_text())["phases"]["phase1"]
     assert summary["selected"] == {"epoch": 2, "overall": 70.0}
     assert not (out / "best_val.safetensors").exists()
+    _, md_path = write_report(out)  # the report shows each epoch's validation accuracy and the epoch kept
+    rows = [line.split(" | ") for line in md_path.read_text().splitlines() if line.startswith("| phase1 | ")]
+    rows = [row for row in rows if len(row) == 7]  # the epoch table: phase, epoch, loss, accuracy, lr, speed, val
+    assert [row[-1].rstrip(" |") for row in rows] == ["30.00", "70.00", "50.00", "60.00"]
+    assert "phase1 kept its best validation epoch, 2 (validation accuracy 70.00), not its last" in md_path.read_text()
     monkeypatch.undo()
     capsys.readouterr()
     assert main(["eval", "--run", str(out), "--json", "--device", "cpu"]) == 0

@@ -120,8 +120,9 @@ def matching_plot(best: np.ndarray, second: np.ndarray | None, usage_best: np.nd
     return _png(fig)
 
 
-def curves_plot(epochs: Sequence[dict], evals: Sequence[dict]) -> bytes:
-    """Training loss and accuracy per epoch over all phases in order, with each phase's test accuracy."""
+def curves_plot(epochs: Sequence[dict], evals: Sequence[dict], vals: Sequence[dict] = ()) -> bytes:
+    """Training loss and accuracy per epoch over all phases in order, with the validation accuracy of the epochs
+    that were validated (``data.val_list``) and each phase's test accuracy."""
     fig = _figure(11.0, 3.8)
     loss_ax, acc_ax = fig.subplots(1, 2)
     from matplotlib.ticker import MaxNLocator
@@ -133,10 +134,16 @@ def curves_plot(epochs: Sequence[dict], evals: Sequence[dict]) -> bytes:
         loss_ax.plot(x[idx], [epochs[j]["loss"] for j in idx], marker="o", color="tab:blue")
         acc_ax.plot(x[idx], [epochs[j]["train_acc"] for j in idx], marker="o", color="tab:blue",
                     label="training accuracy" if i == 0 else None)
+    position = {(r["phase"], r["epoch"]): i for i, r in enumerate(epochs, 1)}
+    validated = [v for v in vals if (v["phase"], v["epoch"]) in position and v["val"].get("overall") is not None]
+    if validated:
+        acc_ax.plot([position[v["phase"], v["epoch"]] for v in validated], [v["val"]["overall"] for v in validated],
+                    marker="s", linestyle="none", color="tab:green", label="validation accuracy")
     ends = {p: max(i for i, q in enumerate(phases, 1) if q == p) for p in phases}
     shown = [e for e in evals if e["phase"] in ends and e["eval"].get("overall") is not None]
-    acc_ax.plot([ends[e["phase"]] for e in shown], [e["eval"]["overall"] for e in shown], marker="*", markersize=12,
-                linestyle="none", color="tab:red", label="test accuracy after the phase")
+    kept = [position.get((e["phase"], e["eval"].get("selected", {}).get("epoch")), ends[e["phase"]]) for e in shown]
+    acc_ax.plot(kept, [e["eval"]["overall"] for e in shown], marker="*", markersize=12, linestyle="none",
+                color="tab:red", label="test accuracy of the epoch each phase kept")
     for ax in (loss_ax, acc_ax):
         for i in range(1, len(phases)):
             if phases[i] != phases[i - 1]:

@@ -203,12 +203,19 @@ def _curves_section(run: RunFiles) -> list[Block]:
     blocks: list[Block] = [Heading("Learning curves")]
     if not run.epochs:
         return blocks + [Para("`metrics.jsonl` holds no training epochs.")]
+    val = {(v["phase"], v["epoch"]): v["val"].get("overall") for v in run.vals}
     rows = [[r["phase"], str(r["epoch"]), f"{r['loss']:.4f}", fmt(r.get("train_acc")), f"{r.get('lr', 0):.3g}",
-             f"{r['images_per_s']:.1f}" if "images_per_s" in r else "-"] for r in run.epochs]
+             f"{r['images_per_s']:.1f}" if "images_per_s" in r else "-"]
+            + ([fmt(val.get((r["phase"], r["epoch"])))] if val else []) for r in run.epochs]
+    caption = "Training loss and accuracy per epoch; " + ("squares: validation accuracy; " if val else "")
     return blocks + [
-        Image("report_curves.png", plots.curves_plot(run.epochs, run.evals),
-              "Training loss and accuracy per epoch; stars: test accuracy after each phase"),
-        Table(["phase", "epoch", "loss", "train accuracy", "lr", "images/s"], rows, "epoch-table"),
+        Image("report_curves.png", plots.curves_plot(run.epochs, run.evals, run.vals),
+              caption + "stars: test accuracy of the epoch each phase kept (its last, or its best on validation)"),
+        Table(["phase", "epoch", "loss", "train accuracy", "lr", "images/s"] + (["validation accuracy"] if val else []),
+              rows, "epoch-table"),
+        *[Para(f"{e['phase']} kept its best validation epoch, {e['eval']['selected']['epoch']} (validation "
+               f"accuracy {fmt(e['eval']['selected']['overall'])}), not its last (`select: best_val`); the test "
+               "accuracy is that epoch's.") for e in run.evals if "selected" in e["eval"]],
     ]
 
 

@@ -284,6 +284,8 @@ class RunFiles:
         epochs: per-epoch training records from ``metrics.jsonl``, in order (the last record of a
             repeated (phase, epoch) wins, as after a resumed run).
         evals: per-phase evaluation records from ``metrics.jsonl``.
+        vals: validation records (``data.val_list``) from ``metrics.jsonl``, in order (the last of a repeated
+            (phase, epoch) wins).
         predictions: ``predictions.npz`` as arrays (``labels``, ``preds``, ``top5``, maybe ``groups``),
             or None.
     """
@@ -296,6 +298,7 @@ class RunFiles:
     info: dict[str, Any]
     epochs: list[dict[str, Any]]
     evals: list[dict[str, Any]]
+    vals: list[dict[str, Any]]
     predictions: dict[str, np.ndarray] | None
 
     @property
@@ -321,24 +324,18 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"{path} is not valid JSON ({exc})") from None
 
 
-def _read_jsonl(path: Path) -> tuple[list[dict], list[dict]]:
-    epochs: dict[tuple[str, int], dict] = {}
-    evals: dict[str, dict] = {}
-    if not path.is_file():
-        return [], []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        if "val" in record:  # a validation record (data.val_list) of that epoch, not the epoch's training record
-            continue
-        if "epoch" in record:
-            epochs.pop((record["phase"], record["epoch"]), None)  # re-insert: a repeated epoch moves to the end
-            epochs[(record["phase"], record["epoch"])] = record
-        elif "eval" in record:
-            evals.pop(record["phase"], None)
-            evals[record["phase"]] = record
-    return list(epochs.values()), list(evals.values())
+def _read_jsonl(path: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """The training, evaluation and validation records of metrics.jsonl. A resumed run repeats the records of the
+    epochs it trained again: the last of each wins, and moves to the end."""
+    kinds: dict[str, dict[Any, dict]] = {"epoch": {}, "eval": {}, "val": {}}
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for record in (json.loads(line) for line in lines if line.strip()):
+        kind = "val" if "val" in record else "epoch" if "epoch" in record else "eval" if "eval" in record else None
+        if kind is not None:
+            key = record["phase"] if kind == "eval" else (record["phase"], record["epoch"])
+            kinds[kind].pop(key, None)
+            kinds[kind][key] = record
+    return tuple(list(records.values()) for records in kinds.values())
 
 
 def read_run(run_dir: str | Path) -> RunFiles:
@@ -349,9 +346,9 @@ def read_run(run_dir: str | Path) -> RunFiles:
             hint = " (evaluate it with `lpt eval`, or train it to the end)" if name == METRICS else ""
             raise ConfigError(f"{path} has no {name}: not a finished lpt run{hint}")
     classes, counts = read_classes(path)
-    epochs, evals = _read_jsonl(path / METRICS_LOG)
+    epochs, evals, vals = _read_jsonl(path / METRICS_LOG)
     return RunFiles(path=path, config=read_yaml(path / CONFIG), classes=classes, train_counts=counts,
-                    metrics=_read_json(path / METRICS), info=read_info(path), epochs=epochs, evals=evals,
+                    metrics=_read_json(path / METRICS), info=read_info(path), epochs=epochs, evals=evals, vals=vals,
                     predictions=read_predictions(path))
 
 
