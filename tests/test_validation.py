@@ -51,8 +51,13 @@ def test_validation_records_a_shot_table_every_val_every_epochs(list_data, tmp_p
     assert [r["epoch"] for r in vals] == [3, 4]  # every third epoch, and the phase's last
     assert all(r["val"]["num_images"] == 40 and set(r["val"]) >= {"overall", "many", "medium", "few"} for r in vals)
     assert [r["epoch"] for r in records if "epoch" in r and "val" not in r] == [1, 2, 3, 4]
-    epochs = read_run(tmp_path / "run").epochs  # what reports plot: the training records, not the validations
-    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4] and all("loss" in r for r in epochs)
+    run = read_run(tmp_path / "run")  # what reports plot: the training records, and the validations apart
+    assert [r["epoch"] for r in run.epochs] == [1, 2, 3, 4] and all("loss" in r for r in run.epochs)
+    assert run.vals == vals
+    again = vals[0] | {"val": vals[0]["val"] | {"overall": 99.0}}  # as a run resumed before epoch 3 writes it again
+    with (tmp_path / "run" / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(again) + "\n")
+    assert read_run(tmp_path / "run").vals == [vals[1], again]
 
 
 def test_best_val_keeps_the_best_epoch_not_the_last(list_data, tmp_path, monkeypatch, capsys):
