@@ -232,6 +232,8 @@ def test_a_jpeg_truncated_below_the_box_is_still_named(files, tmp_path):
     jpegcrop().decode_region(data[: len(data) * 9 // 10], out, 1, 0, 0, 64, 64)  # what a blind crop would accept
     with pytest.raises(BadImageError, match=rf"^{path}: cannot read image \("):
         FileCrops(FileImageDataset([path], [0], ["a"]), fast)[0]
+    with pytest.raises(BadImageError, match=rf"^{path}: cannot read image \("):  # gpu: not left to nvJPEG
+        FileCrops(FileImageDataset([path], [0], ["a"]), EncodedCrop(config()))[0]
 
 
 def test_the_cropped_decoder_refuses_bad_input_in_one_line(files):
@@ -288,7 +290,10 @@ def test_the_cropped_decoder_refuses_damaged_jpegs_without_writing_past_its_buff
 
 def test_a_jpeg_the_device_cannot_decode_is_named(broken, files):
     cfg = config()
-    batch, _ = collate_encoded([(keyed(EncodedCrop(cfg), p, 0), 0) for p in (files["jpeg120x90"], broken[0])])
+    good = keyed(EncodedCrop(cfg), files["jpeg120x90"], 0)
+    cut = open(broken[0], "rb").read()  # a cut file as if it had reached the device (EncodedCrop keeps such files)
+    bad = EncodedImage(torch.frombuffer(bytearray(cut), dtype=torch.uint8), Box(0, 0, 32, 32), False, broken[0])
+    batch, _ = collate_encoded([(good, 0), (bad, 0)])
     with pytest.raises(BadImageError, match=rf"^{broken[0]}: cannot read image on cpu \(.*data.decode=fast$"):
         DeviceDecode(cfg, "cpu")(batch)
 

@@ -116,12 +116,18 @@ def whole_decode_note() -> str | None:
     return None
 
 
+def ends_whole(data: bytes) -> bool:
+    """Whether a JPEG ends in its end-of-image marker (trailing zero bytes aside). One that does not was cut short:
+    a decoder that stops above the cut, or one that does not check (nvJPEG), would not notice."""
+    return data.rstrip(b"\0").endswith(b"\xff\xd9")
+
+
 def decode_box(data: bytes, size: tuple[int, int], box: Box, reduction: int) -> tuple[np.ndarray | None, Box]:
     """The pixels of the JPEG at DCT scale ``1 / reduction`` that ``box`` covers (its hull in whole scaled pixels)
     and ``box`` moved to match them; (None, box) where libjpeg-turbo finds the data corrupt. With ``_jpegcrop``
-    only the hull is decoded, but only for a file that ends in its end-of-image marker: a truncated file is decoded
-    whole, so that it is named whatever the box (libjpeg would not notice a truncation below the box)."""
-    if _jpegcrop is None or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+    only the hull is decoded, but only for a file that :func:`ends_whole`: a truncated file is decoded whole, so
+    that it is named whatever the box (libjpeg would not notice a truncation below the box)."""
+    if _jpegcrop is None or not ends_whole(data):
         return decode_reduced(data, size, reduction), box
     y0, x0 = box.top // reduction, box.left // reduction
     y1 = min(-(-(box.top + box.height) // reduction), -(-size[0] // reduction))

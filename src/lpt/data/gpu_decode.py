@@ -25,7 +25,7 @@ from torchvision import io as tvio
 
 from lpt.config import DataConfig
 from lpt.data.datasets import SKIP_HINT, BadImageError
-from lpt.data.decode import Box, FastCrop, jpeg_size, read_bytes, whole_decode_note
+from lpt.data.decode import Box, FastCrop, ends_whole, jpeg_size, read_bytes, whole_decode_note
 from lpt.data.transforms import BatchNormalize
 from lpt.utils import log
 
@@ -42,7 +42,8 @@ class EncodedImage:
 
 class EncodedCrop:
     """``data.decode=gpu`` in the loader processes: an image file's path -> its :class:`EncodedImage`, or for a file
-    nvJPEG is not given, the fast path's crop (uint8 [3, S, S])."""
+    nvJPEG is not given (not a YCbCr or grey JPEG, or one cut short, which the fast path names as the exact path
+    does), the fast path's crop (uint8 [3, S, S])."""
 
     def __init__(self, cfg: DataConfig):
         self.fast = FastCrop(cfg)
@@ -50,7 +51,7 @@ class EncodedCrop:
     def __call__(self, path: str) -> EncodedImage | torch.Tensor:
         data = read_bytes(path)
         size = jpeg_size(data)
-        if size is None:
+        if size is None or not ends_whole(data):
             return self.fast.crop(path, data, size)
         box, flip = self.fast.draw(*size)
         return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), box, flip, path)
