@@ -38,6 +38,7 @@ def assert_same(a, b):
             assert torch.equal(step_a[k][0], step_b[k][0]) and torch.equal(step_a[k][1], step_b[k][1])
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")  # 3 on 2 cores, as asked
 def test_augmentation_does_not_depend_on_the_number_of_loader_processes(tiny_fmnist):
     data = augmented_train_set(tiny_fmnist)
     runs = [epochs_of(build_train_stream(data, "dual", 16, 4, workers, seed=3)) for workers in (0, 1, 3)]
