@@ -166,6 +166,31 @@ def test_run_predict_refuses_what_the_model_would_misread(finished_run):
         run.predict(torch.zeros(2, 3, 32, 32))
 
 
+def test_run_predict_decodes_files_in_loader_processes_in_order(finished_run, tmp_path, capsys):
+    folder, paths = tmp_path / "imgs", []
+    folder.mkdir()
+    for i in range(7):  # three batches of 3
+        paths.append(folder / f"img{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (28, 28), dtype=np.uint8)).save(paths[-1])
+    run = lpt.load_run(finished_run)
+    alone = run.predict(paths, batch_size=3)
+    assert torch.equal(run.predict(paths, batch_size=3, workers=2), alone)
+    with pytest.raises(lpt.config.ConfigError, match="cannot predict on a int; give image paths, PIL images"):
+        run.predict([paths[0], 7])
+    paths[3].write_bytes(b"not an image")
+    for i in range(7, 65):  # more than lpt predict's batch of 64: its run's loader processes decode them
+        shutil.copy(paths[0], folder / f"img{i}.png")
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    config = copy / "config.yaml"
+    assert "\n  num_workers: 0\n" in config.read_text()
+    config.write_text(config.read_text().replace("\n  num_workers: 0\n", "\n  num_workers: 2\n"))
+    capsys.readouterr()
+    assert main(["predict", "--run", str(copy), str(folder)]) == 2
+    err = capsys.readouterr().err  # the random backbone's warning, then the error in one line
+    assert "Traceback" not in err and err.splitlines()[-1].startswith(f"lpt predict: error: {paths[3]}: cannot read")
+
+
 def test_the_run_records_its_evaluation_transform(finished_run):
     run = lpt.load_run(finished_run)
     recorded = json.loads((finished_run / "run.json").read_text())["eval_transform"]

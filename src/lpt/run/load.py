@@ -50,11 +50,12 @@ class Run:
         """What the training softmax multiplied the model's logits by (``loss.scale``; the losses apply it)."""
         return self.config.loss.scale
 
-    def predict(self, images: Sequence[Any] | torch.Tensor, batch_size: int = 64, tta: str | None = None
-                ) -> torch.Tensor:
+    def predict(self, images: Sequence[Any] | torch.Tensor, batch_size: int = 64, tta: str | None = None,
+                workers: int = 0, progress: bool = False) -> torch.Tensor:
         """Class probabilities ``[N, C]`` of image paths, PIL images, or a batch already made by ``transform``,
         under the test-time ensembling ``tta`` (none, flip, crops; default the run's ``config.tta``, as its
-        evaluation). ``crops`` cuts its views from the images, so it takes paths or PIL images only."""
+        evaluation). ``crops`` cuts its views from the images, so it takes paths or PIL images only. ``workers``
+        loader processes decode image files; ``progress`` shows a bar on a terminal."""
         tta = self.config.tta if tta is None else tta
         if tta not in CHOICES["tta"]:
             raise ConfigError(f"tta {tta!r}: choose from {', '.join(CHOICES['tta'])}")
@@ -64,7 +65,8 @@ class Run:
         transform = self.transform
         if tta == "crops":
             transform = build_transform(self.config.data, train=False, expand=self.config.tta_expand)
-        return predict_images(self.model, transform, self.logit_scale, images, batch_size, views=VIEWS.get(tta))
+        return predict_images(self.model, transform, self.logit_scale, images, batch_size, views=VIEWS.get(tta),
+                              workers=workers, progress=progress)
 
 
 def load_trained(model: LPT, identity: BackboneIdentity, run_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from lpt.config import ConfigError
 from lpt.data.datasets import load_rgb, to_rgb
@@ -33,13 +35,22 @@ def expand_images(items: Iterable[str]) -> list[Path]:
     return paths
 
 
-def _as_tensor(item: Any, transform: Callable) -> torch.Tensor:
-    if isinstance(item, (str, Path)):
-        return transform(load_rgb(str(item)))
-    if isinstance(item, Image.Image):
-        return transform(to_rgb(item))
-    raise ConfigError(f"cannot predict on a {type(item).__name__}; give image paths, PIL images or a float "
-                      "tensor [N, 3, S, S] made by run.transform")
+class _Images(Dataset):
+    """Image paths or PIL images as a dataset of ``transform``-ed tensors, so that loader processes can decode them."""
+
+    def __init__(self, items: Sequence[Any], transform: Callable):
+        bad = next((x for x in items if not isinstance(x, (str, Path, Image.Image))), None)
+        if bad is not None:
+            raise ConfigError(f"cannot predict on a {type(bad).__name__}; give image paths, PIL images or a float "
+                              "tensor [N, 3, S, S] made by run.transform")
+        self.items, self.transform = items, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        item = self.items[index]
+        return self.transform(to_rgb(item) if isinstance(item, Image.Image) else load_rgb(str(item)))
 
 
 def check_batch(images: torch.Tensor, model: LPT) -> None:
@@ -58,25 +69,31 @@ def _logits(model: LPT, images: torch.Tensor, views: Views | None) -> torch.Tens
 
 @torch.no_grad()
 def predict_images(model: LPT, transform: Callable, scale: float, images: Sequence[Any] | torch.Tensor,
-                   batch_size: int = 64, views: Views | None = None) -> torch.Tensor:
+                   batch_size: int = 64, views: Views | None = None, workers: int = 0,
+                   progress: bool = False) -> torch.Tensor:
     """Probabilities ``softmax(scale * logits)`` ``[N, C]`` on the CPU, in the order given; with ``views`` (a
     test-time ensemble of :data:`lpt.evaluation.VIEWS`, its input made by ``transform``) the logits are averaged over
-    the views first, as evaluation averages them."""
+    the views first, as evaluation averages them. Image files are decoded by ``workers`` loader processes where
+    there is more than one batch of them; ``progress`` shows a bar on a terminal."""
     device = next(model.parameters()).device
     if isinstance(images, torch.Tensor):
         check_batch(images, model)
         chunks = images.split(batch_size)
     else:
-        chunks = (torch.stack([_as_tensor(x, transform) for x in images[i : i + batch_size]])
-                  for i in range(0, len(images), batch_size))
-    probs = [(scale * _logits(model, chunk.to(device), views)).softmax(dim=1).cpu() for chunk in chunks]
+        files = all(isinstance(x, (str, Path)) for x in images)
+        chunks = DataLoader(_Images(images, transform), batch_size=batch_size, pin_memory=device.type == "cuda",
+                            num_workers=workers if files and len(images) > batch_size else 0)
+    probs = [(scale * _logits(model, chunk.to(device), views)).softmax(dim=1).cpu()
+             for chunk in tqdm(chunks, desc="predict", disable=not progress or None, leave=False, mininterval=2.0)]
     return torch.cat(probs)
 
 
 def predict_topk(run, paths: list[Path], k: int = 5, batch_size: int = 64, tta: str | None = None) -> list[dict]:
     """One record per image of ``run`` (an ``lpt.run.load.Run``): path, and the top-k classes with their
-    probabilities (under ``run.predict``'s test-time ensembling ``tta``)."""
+    probabilities (under ``run.predict``'s test-time ensembling ``tta``), the files decoded by the run's
+    ``data.num_workers`` loader processes, with a progress bar where the run showed one."""
     k = min(k, len(run.classes))
-    top = run.predict(paths, batch_size, tta).topk(k, dim=1)
+    top = run.predict(paths, batch_size, tta, workers=run.config.data.num_workers,
+                      progress=run.config.progress).topk(k, dim=1)
     return [{"path": str(path), "classes": [run.classes[i] for i in idx], "scores": val}
             for path, idx, val in zip(paths, top.indices.tolist(), top.values.tolist())]
