@@ -24,6 +24,7 @@ import torch
 import lpt
 from lpt.analysis.matching import matching_stats, normalised_entropy
 from lpt.run.files import read_predictions, write_predictions
+from lpt.analysis.report import write_report
 from lpt.cli import main
 from lpt.utils import setup_logging
 
@@ -385,6 +386,16 @@ def test_lpt_report_recomputes_predictions_with_the_runs_tta(run_dir, tmp_path):
     for key in ("labels", "preds", "top5", "groups"):
         assert np.array_equal(after[key], flip[key]), key
     assert not np.array_equal(after["preds"], read_predictions(run_dir)["preds"])  # the ensemble changes some
+
+
+def test_the_report_says_how_a_test_time_ensemble_evaluated(run_dir, tmp_path):
+    assert "mean logits" not in (run_dir / "report.md").read_text()  # tta: none, the plain image
+    other = tmp_path / "crops"
+    shutil.copytree(run_dir, other)
+    metrics = read_json(other / "metrics.json")
+    (other / "metrics.json").write_text(json.dumps(metrics | {"tta": "crops"}))
+    md = write_report(other)[1].read_text()
+    assert "test images of 10 classes, each predicted from the mean logits of five crops" in md
 
 
 def test_lpt_report_refuses_an_unfinished_run(tmp_path, capsys):

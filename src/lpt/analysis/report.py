@@ -25,6 +25,11 @@ from lpt.run.load import evaluate_predictions, load_run
 from lpt.utils import atomic_write_bytes, atomic_write_text, resolve_device
 
 REPORT_HTML, REPORT_MD = "report.html", "report.md"
+TTA_TEXT = {  # how a run's metrics were evaluated (config key tta), where not on the plain image
+    "flip": ", each predicted from the mean logits of the image and its mirror (`tta: flip`)",
+    "crops": ", each predicted from the mean logits of five crops, the centre and the corners, of the image resized "
+             "by `tta_expand` (`tta: crops`, LIFT's test-time ensemble)",
+}
 MAX_CLASS_ROWS = 1000  # per-class table up to this many classes; beyond, metrics.json holds them
 RULE_TEXT = {
     "standard": "standard (many > 100, medium 20-100, few < 20 training images)",
@@ -86,9 +91,9 @@ def _accuracy_section(run: RunFiles) -> list[Block]:
         sizes.append([rule] + [str(groups.count(g)) for g in GROUPS])
     return [
         Heading("Test accuracy (%)"),
-        Para(f"{run.method_label} on {_int(m.get('num_images'))} test images of {len(run.classes)} classes. "
-             "Overall is over images; each group is the mean of its classes' accuracies. "
-             "Both shot rules are those of `metrics.json`."),
+        Para(f"{run.method_label} on {_int(m.get('num_images'))} test images of {len(run.classes)} classes"
+             f"{TTA_TEXT.get(m.get('tta', 'none'), '')}. Overall is over images; each group is the mean of its "
+             "classes' accuracies. Both shot rules are those of `metrics.json`."),
         Table(["shot rule", "overall", "many", "medium", "few"], rows, "shot-table"),
         Para("Classes per group:"),
         Table(["shot rule", "many", "medium", "few"], sizes, "group-sizes"),
