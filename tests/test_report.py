@@ -459,4 +459,6 @@ def test_compare_reads_the_run(run_dir, tmp_path, capsys):
     assert row["many"] == "" and metrics["many"] is None  # no class has more than 100 training images
     assert int(row["trainable_params"]) == SHARED + POOL + HEAD
     assert float(row["images_per_s"]) == info["phases"]["phase2"]["images_per_s"]
-    assert f"| LPT phase 2 | {info['backbone']['name']} | {fmt(metrics['overall'])} | - |" in capsys.readouterr().out
+    assert row["tta"] == metrics["tta"] == "none"
+    printed = capsys.readouterr().out
+    assert f"| LPT phase 2 | {info['backbone']['name']} | none | {fmt(metrics['overall'])} | - |" in printed

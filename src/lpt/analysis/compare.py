@@ -1,6 +1,7 @@
 """``lpt compare``: runs side by side in the shape of the paper's ablation tables.
 
-One row per run: method, backbone, overall / many / medium / few accuracy (standard shot rule,
+One row per run: method, backbone, the test-time ensemble its evaluation used (``tta``: none, flip or crops; a
+difference of protocol, not of method), overall / many / medium / few accuracy (standard shot rule,
 from ``metrics.json``), trained parameters (all phases, from ``model.safetensors``; see
 :func:`lpt.run.files.trained_params`) and the training throughput of the last phase, in
 the column of what was timed: images/s through the model, or features/s for a linear probe, which
@@ -19,7 +20,7 @@ from lpt.metrics import ACCURACIES
 from lpt.run.files import method_label, read_info, read_run, trains_on_features
 from lpt.utils import atomic_write_text
 
-COLUMNS = ("run", "method", "backbone", "overall", "many", "medium", "few", "trainable_params", "images_per_s",
+COLUMNS = ("run", "method", "backbone", "tta", "overall", "many", "medium", "few", "trainable_params", "images_per_s",
            "features_per_s")
 
 
@@ -31,7 +32,7 @@ def compare_row(run_dir: str | Path) -> dict:
     backbone = (run.info.get("backbone") or {}).get("name") or run.config.get("model", {}).get("backbone")
     timed = "features_per_s" if trains_on_features(run.method) else "images_per_s"
     return {
-        "run": str(run_dir), "method": run.method_label, "backbone": backbone,
+        "run": str(run_dir), "method": run.method_label, "backbone": backbone, "tta": run.metrics.get("tta", "none"),
         **{g: run.metrics.get(g) for g in ACCURACIES},
         "trainable_params": run.trained_params,
         "images_per_s": None, "features_per_s": None,
@@ -45,13 +46,13 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
 
 def _cells(row: dict) -> list[str]:
     n = row["trainable_params"]
-    return [row["run"], row["method"], str(row["backbone"] or "-"),
+    return [row["run"], row["method"], str(row["backbone"] or "-"), row["tta"],
             *(fmt(row[g]) for g in ACCURACIES), "-" if n is None else f"{n:,}",
             *("-" if row[k] is None else f"{row[k]:.1f}" for k in ("images_per_s", "features_per_s"))]
 
 
 def to_markdown(rows: list[dict]) -> str:
-    header = ["run", "method", "backbone", "overall", "many", "medium", "few", "trainable params", "images/s",
+    header = ["run", "method", "backbone", "tta", "overall", "many", "medium", "few", "trainable params", "images/s",
               "features/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |" for r in rows]
