@@ -17,6 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml src/lpt/data/_jpegcrop.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
+	rm -f src/lpt/data/_jpegcrop*.so  # an older build (a per-Python name) would be imported ahead of a new one
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 

@@ -15,6 +15,7 @@
  * image. The GIL is released while decoding.
  */
 #define PY_SSIZE_T_CLEAN
+#define Py_LIMITED_API 0x030B0000  /* the stable ABI of Python 3.11: one build serves every later Python */
 #include <Python.h>
 #include <setjmp.h>
 #include <stdio.h>
