@@ -73,6 +73,7 @@ case " $steps " in *" throughput "*)
 esac
 
 case " $steps " in *" train "*)
+    : >"$out/train.jsonl"  # this sweep's runs only, also when the step is run again
     for size in "${sizes[@]}"; do
         data="$out/jpeg_$size"
         for decode in "${decodes[@]}"; do

@@ -15,7 +15,7 @@ from lpt.config import ConfigError, DataConfig, load_config
 from lpt.data import TrainImages, build_train_stream, build_transform, train_images
 from lpt.data.datasets import ArrayImageDataset, BadImageError, FileImageDataset, load_rgb
 from lpt.data import decode as decode_module
-from lpt.data.decode import Box, FastCrop, FileCrops, reduction_for
+from lpt.data.decode import Box, FastCrop, FileCrops, ends_whole, reduction_for
 from lpt.data.gpu_decode import (DeviceDecode, EncodedBatch, EncodedCrop, EncodedImage, collate_encoded,
                                  gpu_decode_problem, resolve_decode)
 
@@ -234,6 +234,15 @@ def test_a_jpeg_truncated_below_the_box_is_still_named(files, tmp_path):
         FileCrops(FileImageDataset([path], [0], ["a"]), fast)[0]
     with pytest.raises(BadImageError, match=rf"^{path}: cannot read image \("):  # gpu: not left to nvJPEG
         FileCrops(FileImageDataset([path], [0], ["a"]), EncodedCrop(config()))[0]
+
+
+def test_a_jpeg_is_whole_when_its_end_marker_follows_its_last_scan(files):
+    data = open(files["jpeg800x600"], "rb").read()
+    cut = data[: len(data) * 9 // 10]
+    assert ends_whole(data) and ends_whole(data + bytes(16)) and ends_whole(data + b"trailing bytes \xff\x00")
+    assert not ends_whole(cut) and not ends_whole(b"") and not ends_whole(b"\xff\xd8\xff\xd9")  # no scan at all
+    assert not ends_whole(data[:100] + b"\xff\xd9" + cut[100:])  # an end marker before the scan: a thumbnail's
+    assert isinstance(EncodedCrop(config())(files["jpeg800x600"]), EncodedImage)
 
 
 def test_the_cropped_decoder_refuses_bad_input_in_one_line(files):

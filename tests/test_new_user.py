@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import shutil
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 
 import lpt
 from lpt.cli import main
+from lpt.run import predict as predict_module
 from tests.conftest import tiny_run_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -166,7 +168,7 @@ def test_run_predict_refuses_what_the_model_would_misread(finished_run):
         run.predict(torch.zeros(2, 3, 32, 32))
 
 
-def test_run_predict_decodes_files_in_loader_processes_in_order(finished_run, tmp_path, capsys):
+def test_run_predict_decodes_files_in_loader_processes_in_order(finished_run, tmp_path, capsys, monkeypatch):
     folder, paths = tmp_path / "imgs", []
     folder.mkdir()
     for i in range(7):  # three batches of 3
@@ -174,7 +176,18 @@ def test_run_predict_decodes_files_in_loader_processes_in_order(finished_run, tm
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (28, 28), dtype=np.uint8)).save(paths[-1])
     run = lpt.load_run(finished_run)
     alone = run.predict(paths, batch_size=3)
+    started, real = [], predict_module.DataLoader
+
+    def loader(*args, **kwargs):  # records how many loader processes each prediction starts
+        started.append(kwargs["num_workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "DataLoader", loader)
     assert torch.equal(run.predict(paths, batch_size=3, workers=2), alone)
+    run.predict(paths[:3], batch_size=3, workers=2)  # one batch: decoded here
+    run.predict(paths, batch_size=3, workers=8)  # no more processes than batches (3) and cores
+    assert started == [2, 0, min(3, len(os.sched_getaffinity(0)))]
+    monkeypatch.undo()
     with pytest.raises(lpt.config.ConfigError, match="cannot predict on a int; give image paths, PIL images"):
         run.predict([paths[0], 7])
     paths[3].write_bytes(b"not an image")

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import lpt
-from lpt.analysis.report import write_report
+from lpt.analysis.report import _kept, write_report
 from lpt.cli import main
 from lpt.config import ConfigError, load_config
 from lpt.model.state import read_tensors
@@ -83,6 +83,8 @@ def test_best_val_keeps_the_best_epoch_not_the_last(list_data, tmp_path, monkeyp
     rows = [row for row in rows if len(row) == 7]  # the epoch table: phase, epoch, loss, accuracy, lr, speed, val
     assert [row[-1].rstrip(" |") for row in rows] == ["30.00", "70.00", "50.00", "60.00"]
     assert "phase1 kept its best validation epoch, 2 (validation accuracy 70.00), not its last" in md_path.read_text()
+    had_it_been_the_last = _kept("phase1", {"epoch": 4, "overall": 60.0}, read_run(out).epochs)
+    assert "epoch, 4 (validation accuracy 60.00), its last too" in had_it_been_the_last
     monkeypatch.undo()
     capsys.readouterr()
     assert main(["eval", "--run", str(out), "--json", "--device", "cpu"]) == 0

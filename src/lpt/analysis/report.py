@@ -218,10 +218,16 @@ def _curves_section(run: RunFiles) -> list[Block]:
               caption + "stars: test accuracy of the epoch each phase kept (its last, or its best on validation)"),
         Table(["phase", "epoch", "loss", "train accuracy", "lr", "images/s"] + (["validation accuracy"] if val else []),
               rows, "epoch-table"),
-        *[Para(f"{e['phase']} kept its best validation epoch, {e['eval']['selected']['epoch']} (validation "
-               f"accuracy {fmt(e['eval']['selected']['overall'])}), not its last (`select: best_val`); the test "
-               "accuracy is that epoch's.") for e in run.evals if "selected" in e["eval"]],
+        *[Para(_kept(e["phase"], e["eval"]["selected"], run.epochs)) for e in run.evals if "selected" in e["eval"]],
     ]
+
+
+def _kept(phase: str, selected: dict, epochs: list[dict]) -> str:
+    """What ``select: best_val`` kept of a phase, in words."""
+    last = max((r["epoch"] for r in epochs if r["phase"] == phase), default=None)
+    which = "its last too" if selected["epoch"] == last else "not its last"
+    return (f"{phase} kept its best validation epoch, {selected['epoch']} (validation accuracy "
+            f"{fmt(selected['overall'])}), {which} (`select: best_val`); the test accuracy is that epoch's.")
 
 
 def _matching(run: RunFiles) -> tuple[dict | None, str]:

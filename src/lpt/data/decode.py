@@ -117,9 +117,10 @@ def whole_decode_note() -> str | None:
 
 
 def ends_whole(data: bytes) -> bool:
-    """Whether a JPEG ends in its end-of-image marker (trailing zero bytes aside). One that does not was cut short:
-    a decoder that stops above the cut, or one that does not check (nvJPEG), would not notice."""
-    return data.rstrip(b"\0").endswith(b"\xff\xd9")
+    """Whether a JPEG holds its end-of-image marker after its last start-of-scan: one that does not was cut short, and
+    a decoder that stops above the cut, or one that does not check (nvJPEG), would not notice. Entropy-coded data
+    cannot hold either marker (a 0xFF byte there is followed by 0x00), so bytes after the end do not matter."""
+    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") >= 0
 
 
 def decode_box(data: bytes, size: tuple[int, int], box: Box, reduction: int) -> tuple[np.ndarray | None, Box]:

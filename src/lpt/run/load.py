@@ -30,7 +30,8 @@ class Run:
     ``run.model(images)`` takes float images ``[B, 3, S, S]`` at the run's size S
     (``config.data.img_size``), normalised with ``config.data.mean`` / ``std``, as ``run.transform``
     makes them from a PIL image, and returns unscaled logits: cosines in [-1, 1] for the cosine head.
-    ``run.predict`` returns probabilities, ``softmax(loss.scale * logits)``, as ``lpt predict`` prints.
+    ``run.predict`` returns probabilities, ``softmax(loss.scale * logits)`` (the views' mean logits under the run's
+    ``tta``), as ``lpt predict`` prints.
     """
 
     model: LPT

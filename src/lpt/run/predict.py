@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,16 +74,17 @@ def predict_images(model: LPT, transform: Callable, scale: float, images: Sequen
                    progress: bool = False) -> torch.Tensor:
     """Probabilities ``softmax(scale * logits)`` ``[N, C]`` on the CPU, in the order given; with ``views`` (a
     test-time ensemble of :data:`lpt.evaluation.VIEWS`, its input made by ``transform``) the logits are averaged over
-    the views first, as evaluation averages them. Image files are decoded by ``workers`` loader processes where
-    there is more than one batch of them; ``progress`` shows a bar on a terminal."""
+    the views first, as evaluation averages them. Image files are decoded by up to ``workers`` loader processes (no
+    more than there are batches or cores; none for one batch); ``progress`` shows a bar on a terminal."""
     device = next(model.parameters()).device
     if isinstance(images, torch.Tensor):
         check_batch(images, model)
         chunks = images.split(batch_size)
     else:
-        files = all(isinstance(x, (str, Path)) for x in images)
-        chunks = DataLoader(_Images(images, transform), batch_size=batch_size, pin_memory=device.type == "cuda",
-                            num_workers=workers if files and len(images) > batch_size else 0)
+        batches, files = -(-len(images) // batch_size), all(isinstance(x, (str, Path)) for x in images)
+        workers = min(workers, batches, len(os.sched_getaffinity(0))) if files and batches > 1 else 0
+        chunks = DataLoader(_Images(images, transform), batch_size=batch_size, num_workers=workers,
+                            pin_memory=device.type == "cuda")
     probs = [(scale * _logits(model, chunk.to(device), views)).softmax(dim=1).cpu()
              for chunk in tqdm(chunks, desc="predict", disable=not progress or None, leave=False, mininterval=2.0)]
     return torch.cat(probs)
