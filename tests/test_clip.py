@@ -222,6 +222,24 @@ def test_an_untagged_clip_backbone_is_refused_before_anything_loads(tiny_clip, t
         check_fits(cfg.model, cfg.data.img_size)
 
 
+def test_a_backbone_run_otherwise_than_trained_is_warned_not_refused(caplog):
+    from lpt.config import ModelConfig
+    from lpt.model.build import warn_mismatches
+
+    clip_mean, clip_std = list(open_clip.OPENAI_DATASET_MEAN), list(open_clip.OPENAI_DATASET_STD)
+    warn_mismatches(ModelConfig(backbone="vit_base_patch16_clip_224.openai"), clip_mean, clip_std)
+    assert "vit_base_patch16_clip_224.openai runs OpenAI's CLIP weights with GELU" in caplog.text
+    assert "vit_base_patch16_clip_quickgelu_224.openai gives the original model" in caplog.text
+    assert "normalisation" not in caplog.text  # CLIP's own statistics
+    caplog.clear()
+    warn_mismatches(ModelConfig(backbone="vit_base_patch16_clip_quickgelu_224.openai"), clip_mean, clip_std)
+    in21k = ModelConfig(backbone="vit_base_patch16_224.augreg_in21k")
+    warn_mismatches(in21k, [0.5] * 3, [0.5] * 3)
+    assert caplog.text == ""
+    warn_mismatches(in21k, clip_mean, clip_std)
+    assert "are not vit_base_patch16_224.augreg_in21k's own normalisation [0.5, 0.5, 0.5]" in caplog.text
+
+
 def test_imagenet_lt_classnames_give_clips_imagenet_names():
     """ImageNet-LT's classnames.txt (shared split lists) beside the training list gives, label by label, the
     names open_clip's zero-shot ImageNet classifier uses."""

@@ -34,11 +34,7 @@ def build_lpt(backbone: VisionTransformer, m: ModelConfig, num_classes: int, tra
 
 def check_fits(m: ModelConfig, img_size: int) -> None:
     """Refuse, before any data loads or weights are read, a model section the backbone cannot take: K not
-    below its depth, or images of another size than its patch grid."""
-    arch, _, tag = m.backbone.partition(".")
-    if "_clip_" in arch and "quickgelu" not in arch and tag == "openai":
-        log.warning("%s runs OpenAI's CLIP weights with GELU; they were trained with QuickGELU: %s gives the "
-                    "original model", m.backbone, arch.replace("_clip_", "_clip_quickgelu_") + ".openai")
+    below its depth, images of another size than its patch grid, or with a text tower an untagged CLIP name."""
     if m.text:
         text_model_name(m)  # open_clip installed, and the text tower's name known
     if m.text and "." not in m.backbone:
@@ -55,9 +51,14 @@ def check_fits(m: ModelConfig, img_size: int) -> None:
                           f"model.backbone_args.img_size")
 
 
-def check_normalisation(m: ModelConfig, mean: list[float], std: list[float]) -> None:
-    """Warn when ``data.mean`` / ``data.std`` are not the ones timm's pretrained configuration gives the backbone
-    (CLIP's differ from the ImageNet-21k ViT's 0.5): a tower fed other statistics than it was trained on."""
+def warn_mismatches(m: ModelConfig, mean: list[float], std: list[float]) -> None:
+    """Warn, without refusing, where the backbone would run otherwise than it was trained: OpenAI's CLIP weights
+    with GELU (they were trained with QuickGELU), or ``data.mean`` / ``data.std`` that are not the ones timm's
+    pretrained configuration gives the backbone (CLIP's differ from the ImageNet-21k ViT's 0.5)."""
+    arch, _, tag = m.backbone.partition(".")
+    if "_clip_" in arch and "quickgelu" not in arch and tag == "openai":
+        log.warning("%s runs OpenAI's CLIP weights with GELU; they were trained with QuickGELU: %s gives the "
+                    "original model", m.backbone, arch.replace("_clip_", "_clip_quickgelu_") + ".openai")
     try:
         pretrained = timm.models.get_pretrained_cfg(m.backbone)
     except (RuntimeError, ValueError):

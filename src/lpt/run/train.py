@@ -30,7 +30,7 @@ from lpt.evaluation import features
 from lpt.methods import Method, check_config, get_method
 from lpt.metrics import ACCURACIES, GROUPS
 from lpt.model import LPT, BackboneIdentity
-from lpt.model.build import check_fits, check_normalisation
+from lpt.model.build import check_fits, warn_mismatches
 from lpt.model.lpt import GROUP_PROMPTS
 from lpt.model.state import load_strict
 from lpt.run import files
@@ -50,7 +50,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: boo
     """
     check_config(cfg)
     check_fits(cfg.model, cfg.data.img_size)
-    check_normalisation(cfg.model, cfg.data.mean, cfg.data.std)
+    warn_mismatches(cfg.model, cfg.data.mean, cfg.data.std)
     if cfg.threads:
         set_threads(cfg.threads)
     device = resolve_device(cfg.device)
