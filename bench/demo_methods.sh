@@ -2,12 +2,14 @@
 # Every method of lpt on the demo task (Fashion-MNIST-LT, imbalance 100; the shipped demo_vit_glyphs; CPU), then one
 # table: bash bench/demo_methods.sh OUT_DIR [lpt command]. Each run is the demo preset with the method's overrides;
 # one-stage methods train the demo's phase-1 schedule (8 epochs, batch 64, lr 0.04). Raw output: OUT_DIR/*.log.
+# The linear probe is `lpt demo`'s (lpt.cli.DEMO_LINEAR_PROBE, read with $PYTHON, default python).
 set -euo pipefail
 out=${1:?usage: bash bench/demo_methods.sh OUT_DIR [lpt command]}
 lpt=${2:-lpt}
 one_stage="phases=[phase1] model.prompt_len=0"
+probe=$("${PYTHON:-python}" -c "from lpt.cli import DEMO_LINEAR_PROBE as p; print(' '.join(p))")  # lpt demo's probe
 declare -A runs=(
-  [01_linear_probe]="method=linear $one_stage model.head=linear loss.name=ce loss.scale=1 phase1.sampling=balanced phase1.epochs=30"
+  [01_linear_probe]="$probe"
   [02_vpt]="method=vpt phases=[phase1]"
   [03_lora]="method=peft $one_stage model.peft=[lora]"
   [04_adaptformer]="method=peft $one_stage model.peft=[adaptformer]"
