@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from lpt.config import ConfigError
 from lpt.data.datasets import load_rgb, to_rgb
 from lpt.evaluation import Views, ensemble_logits
 from lpt.model.lpt import LPT
+from lpt.utils import usable_cores
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -82,7 +82,7 @@ def predict_images(model: LPT, transform: Callable, scale: float, images: Sequen
         chunks = images.split(batch_size)
     else:
         batches, files = -(-len(images) // batch_size), all(isinstance(x, (str, Path)) for x in images)
-        workers = min(workers, batches, len(os.sched_getaffinity(0))) if files and batches > 1 else 0
+        workers = min(workers, batches, usable_cores()) if files and batches > 1 else 0
         chunks = DataLoader(_Images(images, transform), batch_size=batch_size, num_workers=workers,
                             pin_memory=device.type == "cuda")
     probs = [(scale * _logits(model, chunk.to(device), views)).softmax(dim=1).cpu()
