@@ -269,13 +269,12 @@ def build_train_stream(dataset: Dataset, sampling: str, batch_size: int, samples
         num_samples = iterations * global_batch if len(dataset) >= global_batch else len(dataset)
         samplers["instance"] = InstanceSampler(len(dataset), seed, rank, world_size, num_samples=num_samples)
     if keyed:
-        for i, sampler in enumerate(samplers.values()):
-            sampler.key_salt = i
         dataset = KeyedAugmentation(dataset)
-    loaders = {
-        key: _loader(dataset, sampler, batch_size, num_workers, pin_memory, _stream_seed(seed, rank, i), collate)
-        for i, (key, sampler) in enumerate(samplers.items())
-    }
+    loaders = {}
+    for i, (key, sampler) in enumerate(samplers.items()):  # i: the stream, in its seed and its samples' keys
+        sampler.key_salt = i if keyed else None
+        loaders[key] = _loader(dataset, sampler, batch_size, num_workers, pin_memory, _stream_seed(seed, rank, i),
+                               collate)
     return TrainStream(loaders, iterations)
 
 
