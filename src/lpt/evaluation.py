@@ -66,13 +66,19 @@ def tta_outputs(tta: str) -> Outputs:
     return predictions_tta(VIEWS[tta])
 
 
+def tta_transform(data: DataConfig, tta: str, expand: int) -> Callable:
+    """The evaluation transform under ``tta``: for ``crops`` LIFT's resize to ``img_size + expand`` and five crops
+    (an image -> ``[5, 3, S, S]``), else the plain one."""
+    return build_transform(data, train=False, expand=expand if tta == "crops" else None)
+
+
 def tta_evaluation(dataset: ImageDataset, data: DataConfig, tta: str, expand: int) -> tuple[ImageDataset, Outputs]:
     """The dataset and outputs of an evaluation under ``tta``. For ``crops`` the dataset's transform becomes
     LIFT's ``tte`` (shijxcs/LIFT@661ead9 trainer.py:117-122: resize to ``img_size + expand``, ``FiveCrop``; logits
     averaged at trainer.py:568-573; ``expand`` 24, ``tte_mode`` fivecrop in utils/config.py:55-57): the loader
     makes the crops per image, as there, since expanded images of other aspect ratios do not batch."""
     if tta == "crops":
-        dataset = with_transform(dataset, build_transform(data, train=False, expand=expand))
+        dataset = with_transform(dataset, tta_transform(data, tta, expand))
     return dataset, tta_outputs(tta)
 
 

@@ -12,7 +12,7 @@ import torch
 from lpt.config import CHOICES, Config, ConfigError, apply_overrides, from_dict, to_dict
 from lpt.data import build_test_dataset, build_transform
 from lpt.distributed import DistContext
-from lpt.evaluation import VIEWS, Outputs, evaluate, predictions, tta_evaluation
+from lpt.evaluation import VIEWS, Outputs, evaluate, predictions, tta_evaluation, tta_transform
 from lpt.methods import get_method
 from lpt.metrics import shot_accuracy
 from lpt.model import LPT, BackboneIdentity
@@ -63,9 +63,7 @@ class Run:
         if tta == "crops" and isinstance(images, torch.Tensor):
             raise ConfigError("tta=crops cuts five crops from each image: give image paths or PIL images, or predict "
                               "a batch made by run.transform with tta='none'")
-        transform = self.transform
-        if tta == "crops":
-            transform = build_transform(self.config.data, train=False, expand=self.config.tta_expand)
+        transform = tta_transform(self.config.data, tta, self.config.tta_expand)
         return predict_images(self.model, transform, self.logit_scale, images, batch_size, views=VIEWS.get(tta),
                               workers=workers, progress=progress)
 
