@@ -14,6 +14,7 @@ from lpt.data import build_test_dataset, build_transform
 from lpt.distributed import DistContext
 from lpt.evaluation import VIEWS, Outputs, evaluate, predictions, tta_evaluation, tta_transform
 from lpt.methods import get_method
+from lpt.methods.zeroshot import ZeroShot
 from lpt.metrics import shot_accuracy
 from lpt.model import LPT, BackboneIdentity
 from lpt.model.build import build_model
@@ -30,8 +31,8 @@ class Run:
     ``run.model(images)`` takes float images ``[B, 3, S, S]`` at the run's size S
     (``config.data.img_size``), normalised with ``config.data.mean`` / ``std``, as ``run.transform``
     makes them from a PIL image, and returns unscaled logits: cosines in [-1, 1] for the cosine head.
-    ``run.predict`` returns probabilities, ``softmax(loss.scale * logits)`` (the views' mean logits under the run's
-    ``tta``), as ``lpt predict`` prints.
+    ``run.predict`` returns probabilities, ``softmax(run.logit_scale * logits)`` (the views' mean logits under the
+    run's ``tta``), as ``lpt predict`` prints.
     """
 
     model: LPT
@@ -48,7 +49,11 @@ class Run:
 
     @property
     def logit_scale(self) -> float:
-        """What the training softmax multiplied the model's logits by (``loss.scale``; the losses apply it)."""
+        """What the softmax multiplies the model's logits by: the training softmax's ``loss.scale`` (the losses apply
+        it), or in a zero-shot run, which trained nothing, CLIP's own (stored with the text embeddings; 100 for
+        OpenAI's CLIP), so that its probabilities are CLIP's."""
+        if self.config.method == ZeroShot.name:
+            return float(files.read_text_embeddings(self.path)[1]["logit_scale"])
         return self.config.loss.scale
 
     def predict(self, images: Sequence[Any] | torch.Tensor, batch_size: int = 64, tta: str | None = None,
