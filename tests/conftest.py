@@ -103,3 +103,46 @@ def tiny_clip(tmp_path_factory) -> dict:
     ]
     return {"model": model.eval(), "checkpoint": folder / "clip.safetensors", "config": config,
             "overrides": overrides}
+
+
+OPENAI_WIDTH = 64  # OpenAI's CLIP has 64-wide attention heads (open_clip's loader of its archives builds width // 64)
+
+
+def tiny_openai_config(quick_gelu: bool) -> dict:
+    """A small open_clip config of OpenAI's CLIP form: as open_clip's ViT-B-16 (no ``quick_gelu`` key: the weights
+    decide) or ViT-B-16-quickgelu."""
+    return {"embed_dim": CLIP_EMBED, **({"quick_gelu": True} if quick_gelu else {}),
+            "vision_cfg": {"image_size": 32, "layers": 2, "width": OPENAI_WIDTH, "patch_size": 8},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": OPENAI_WIDTH, "heads": 1, "layers": 2}}
+
+
+@pytest.fixture(scope="session")
+def tiny_openai_clip(tmp_path_factory) -> dict:
+    """A random CLIP as OpenAI released them: QuickGELU, fp16 values, logit scale 100, a TorchScript archive
+    ``ViT-B-16.pt`` (the causal mask an attribute, outside the state dict, as in OpenAI's). With open_clip's
+    QuickGELU model of it, its two configs (``plain``, ``quickgelu``) and the overrides that shrink a CLIP preset's
+    towers to its size."""
+    import copy
+    import json
+    import math
+
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("openai_clip")
+    configs = {}
+    for kind in ("plain", "quickgelu"):
+        configs[kind] = folder / f"tiny-openai-{kind}.json"
+        configs[kind].write_text(json.dumps(tiny_openai_config(kind == "quickgelu")))
+        open_clip.add_model_config(configs[kind])
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-openai-quickgelu").eval()
+    with torch.no_grad():
+        for tensor in model.parameters():  # fp16 values, as OpenAI released them: open_clip's loader of the
+            tensor.copy_(tensor.half())    # archives rounds its layers to fp16, which then loses nothing
+        model.logit_scale.fill_(math.log(100.0))  # OpenAI's trained temperature: logits are 100 x cosine
+    archive = copy.deepcopy(model)
+    archive.attn_mask = archive._buffers.pop("attn_mask")
+    torch.jit.script(archive).save(str(folder / "ViT-B-16.pt"))
+    overrides = ["model.split_block=1", f"model.backbone_args={{img_size: 32, patch_size: 8, depth: 2, embed_dim: "
+                 f"{OPENAI_WIDTH}, num_heads: 1, num_classes: {CLIP_EMBED}}}"]
+    return {"model": model, "archive": folder / "ViT-B-16.pt", "configs": configs, "overrides": overrides}

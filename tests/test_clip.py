@@ -8,7 +8,11 @@ and its text tower through open_clip. Nothing is downloaded.
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -23,7 +27,7 @@ from lpt.data import build_datasets, with_eval_transform
 from lpt.data.names import clean_name, prompt_names
 from lpt.engine.step import Env
 from lpt.methods.zeroshot import ZERO_SHOT_OVERRIDES
-from lpt.model.build import build_model
+from lpt.model.build import build_model, check_fits
 from lpt.model.text import class_embeddings, prompt_templates
 from lpt.run import files
 from lpt.run.head_init import init_head, text_weights
@@ -215,8 +219,6 @@ def test_wordnet_ids_are_refused_with_a_way_out(tmp_path):
 
 
 def test_an_untagged_clip_backbone_is_refused_before_anything_loads(tiny_clip, tiny_fmnist):
-    from lpt.model.build import check_fits
-
     cfg = clip_config(tiny_clip, tiny_fmnist, "model.backbone=vit_base_patch16_clip_224")
     with pytest.raises(ConfigError, match="without a weights tag.*vit_base_patch16_clip_224.openai"):
         check_fits(cfg.model, cfg.data.img_size)
@@ -243,11 +245,209 @@ def test_a_backbone_run_otherwise_than_trained_is_warned_not_refused(caplog):
 def test_imagenet_lt_classnames_give_clips_imagenet_names():
     """ImageNet-LT's classnames.txt (shared split lists) beside the training list gives, label by label, the
     names open_clip's zero-shot ImageNet classifier uses."""
-    from pathlib import Path
-
     folder = Path(__file__).resolve().parents[2] / "shared" / "splits" / "imagenet_lt"
     if not (folder / "classnames.txt").is_file():
         pytest.skip("the shared split lists are not on this machine")
     wnids = [line.split()[0] for line in (folder / "classnames.txt").read_text().splitlines()]
     cfg = load_config("imagenet_lt", [f"data.train_list={folder / 'ImageNet_LT_train.txt'}"]).data
     assert prompt_names(cfg, wnids) == list(open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES)
+
+
+# ----------------------------------------------------------------------------- OpenAI's CLIP from local files
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+CONVERSION = "open_clip.load_openai_model"  # README's command that turns OpenAI's TorchScript release into a file
+
+
+def readme_clip_section() -> str:
+    text = README.read_text()
+    return text[text.index("## CLIP backbones"):text.index("\n## ", text.index("## CLIP backbones") + 1)]
+
+
+def readme_line(marker: str) -> str:
+    (line,) = [line for line in readme_clip_section().splitlines() if marker in line and not line.startswith("#")]
+    return line
+
+
+@pytest.fixture(scope="module")
+def openai_checkpoint(tiny_openai_clip) -> Path:
+    """The tiny OpenAI TorchScript archive (``ViT-B-16.pt``) converted by README's own command, run as written."""
+    words = shlex.split(readme_line(CONVERSION))
+    assert words[:2] == ["python", "-c"]
+    folder = tiny_openai_clip["archive"].parent
+    subprocess.run([sys.executable, *words[1:]], cwd=folder, check=True, capture_output=True, timeout=300)
+    return folder / "ViT-B-16.safetensors"
+
+
+def openai_preset(tiny_openai_clip, checkpoint, preset: str, kind: str = "quickgelu", *extra):
+    """A CLIP preset with the tiny OpenAI CLIP's file as README says (model.checkpoint), its towers shrunk to the
+    tiny sizes; everything else, the text tower's ``openai`` tag included, is the preset's."""
+    return load_config(preset, [f"model.checkpoint={checkpoint}", f"model.text={tiny_openai_clip['configs'][kind]}",
+                                *tiny_openai_clip["overrides"], *extra])
+
+
+def open_clip_text(tiny_openai_clip, names) -> tuple[torch.Tensor, torch.Tensor]:
+    """open_clip's QuickGELU model's tokens and unit-norm text embeddings of CLIP's prompt for ``names``."""
+    tokens = open_clip.get_tokenizer("tiny-openai-quickgelu")([f"a photo of a {n}." for n in names])
+    with torch.no_grad():
+        return tokens, F.normalize(tiny_openai_clip["model"].encode_text(tokens), dim=-1)
+
+
+@pytest.mark.parametrize("kind", ["quickgelu", "plain"])  # as the presets' ViT-B-16-quickgelu, and as ViT-B-16
+def test_openai_weights_in_a_clip_preset_are_open_clips_quickgelu_clip(tiny_openai_clip, openai_checkpoint, kind):
+    """Text embeddings, CLIP's logit scale and zero-shot logits (``lpt eval --zero-shot --config lift_clip_*``) of
+    OpenAI-format weights given as one file equal open_clip's QuickGELU CLIP's: the text tower reads the file,
+    not the preset's ``openai`` tag, and runs QuickGELU as the image tower does even where its config is silent."""
+    cfg = openai_preset(tiny_openai_clip, openai_checkpoint, "lift_clip_places_lt", kind, *ZERO_SHOT_OVERRIDES)
+    assert (cfg.model.backbone, cfg.model.text_pretrained) == ("vit_base_patch16_clip_quickgelu_224.openai", "openai")
+    check_fits(cfg.model, 32)
+    tokens, theirs = open_clip_text(tiny_openai_clip, NAMES)
+    embeddings, scale = class_embeddings(cfg.model, NAMES, torch.device("cpu"))
+    torch.testing.assert_close(embeddings, theirs, atol=1e-5, rtol=0)
+    assert scale == pytest.approx(100.0, rel=1e-6)
+    model, identity = build_model(cfg.model, len(NAMES), seed=0)
+    with torch.no_grad():
+        model.head.weight.copy_(text_weights(model, embeddings))
+        images = torch.randn(6, 3, 32, 32)
+        image_features, text_features, clip_scale = tiny_openai_clip["model"](images, tokens)
+        torch.testing.assert_close(scale * model.eval()(images), clip_scale * image_features @ text_features.t(),
+                                   atol=1e-5 * scale, rtol=0)  # cosines within 1e-5
+    assert identity.source == "file"
+
+
+@pytest.mark.parametrize("preset", ["lift_clip_cifar100_lt", "lpt_clip_cifar100_lt"])
+def test_a_clip_presets_text_initialised_head_is_open_clips_quickgelu_text(tiny_openai_clip, openai_checkpoint,
+                                                                             tiny_fmnist, preset):
+    """The classifier a CLIP preset starts from: open_clip's text embeddings in the joint space (lpt_clip_*), or
+    mapped through the image tower's projection P as LIFT does, ``normalize(t @ P.t())`` (lift_clip_*)."""
+    data = ["data.source=fashion_mnist", f"data.root={tiny_fmnist}", "data.img_size=32", "data.test_resize=32",
+            "data.max_per_class=8", "data.imbalance_ratio=1", "data.num_workers=0", "progress=false"]
+    cfg = openai_preset(tiny_openai_clip, openai_checkpoint, preset, "quickgelu", *data)
+    splits = build_datasets(cfg.data)
+    model, _ = build_model(cfg.model, splits.num_classes, seed=0)
+    text = init_head(model, splits, cfg, Env(torch.device("cpu"), "fp32"))
+    _, theirs = open_clip_text(tiny_openai_clip, text["meta"]["names"])
+    if not cfg.model.projection:
+        theirs = F.normalize(theirs @ tiny_openai_clip["model"].visual.proj.detach().t(), dim=1)
+    torch.testing.assert_close(model.head.weight.detach(), theirs, atol=1e-5, rtol=0)
+    assert text["meta"]["text_pretrained"] == str(openai_checkpoint)  # what the text tower read, not the tag
+
+
+@pytest.mark.parametrize("overrides, text, image", [
+    (["model.backbone=vit_base_patch16_clip_224.openai"], "QuickGELU by its open_clip config ViT-B-16-quickgelu",
+     "GELU"),
+    (["model.backbone=vit_base_patch16_clip_224.openai", "model.text=ViT-B-16"],
+     "QuickGELU as its weights 'openai' were trained", "GELU"),
+    (["model.text=ViT-B-16", "model.text_pretrained=laion2b_s34b_b88k"],
+     "GELU as its weights 'laion2b_s34b_b88k' were trained", "QuickGELU"),
+])
+def test_towers_of_two_activations_are_refused_in_one_line(overrides, text, image):
+    cfg = load_config("lift_clip_places_lt", overrides)
+    expected = (f"CLIP's towers run one activation, but the text tower (model.text={cfg.model.text!r}) runs {text} "
+                f"and the image tower (model.backbone={cfg.model.backbone!r}) {image}: name both with one")
+    for refuse in (lambda: check_fits(cfg.model, 224), lambda: class_embeddings(cfg.model, NAMES, torch.device("cpu"))):
+        with pytest.raises(ConfigError) as exc:  # before any weights download
+            refuse()
+        assert str(exc.value).startswith(expected) and "\n" not in str(exc.value)
+
+
+def test_a_quickgelu_text_config_over_a_gelu_image_tower_file_is_refused(tiny_clip, tiny_openai_clip, tiny_fmnist):
+    cfg = clip_config(tiny_clip, tiny_fmnist, f"model.text={tiny_openai_clip['configs']['quickgelu']}")
+    with pytest.raises(ConfigError, match="runs QuickGELU by its open_clip config tiny-openai-quickgelu and the "
+                                          "image tower .* GELU"):
+        check_fits(cfg.model, 32)
+
+
+def test_a_torchscript_archive_is_refused_with_the_command_that_converts_it(tiny_openai_clip, openai_checkpoint):
+    """OpenAI's original ``.pt`` release, for either tower: one line saying what lpt reads and README's command
+    that converts it, with the file's own paths."""
+    from lpt.model import BackboneError
+
+    archive = tiny_openai_clip["archive"]
+    command = readme_line(CONVERSION).replace("ViT-B-16.pt", str(archive))
+    command = command.replace("ViT-B-16.safetensors", str(openai_checkpoint))
+    cfg = openai_preset(tiny_openai_clip, archive, "lift_clip_places_lt")
+    with pytest.raises(BackboneError) as exc:
+        build_model(cfg.model, 3, seed=0)
+    assert str(exc.value) == (f"backbone checkpoint {archive} is a TorchScript archive (as OpenAI's original CLIP .pt "
+                              "files are); lpt reads state dicts (.safetensors, .pth, .pt, .bin, .npz): convert an "
+                              f"OpenAI CLIP once with open_clip: {command}")
+    cfg = openai_preset(tiny_openai_clip, openai_checkpoint, "lift_clip_places_lt", "quickgelu",
+                        f"model.text_pretrained={archive}")
+    with pytest.raises(ConfigError, match=f"^text tower weights {archive} is a TorchScript archive.*{CONVERSION}"):
+        class_embeddings(cfg.model, NAMES, torch.device("cpu"))
+
+
+def test_an_image_tower_only_checkpoint_says_where_the_text_tower_goes(tiny_openai_clip, tmp_path):
+    from safetensors.torch import save_file
+
+    image_only = tmp_path / "image_tower.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_openai_clip["model"].state_dict().items()
+               if k.startswith("visual.")}, image_only)
+    cfg = openai_preset(tiny_openai_clip, image_only, "lift_clip_places_lt")
+    with pytest.raises(ConfigError, match="does not hold open_clip's tiny-openai-quickgelu whole .* the text "
+                                          "tower's file in model.text_pretrained$"):
+        class_embeddings(cfg.model, NAMES, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def offline_zero_shot_run(tiny_openai_clip, openai_checkpoint, tiny_fmnist, tmp_path_factory) -> Path:
+    """``lpt eval --zero-shot --config lift_clip_cifar100_lt model.checkpoint=FILE`` (README's form, the towers
+    shrunk, Fashion-MNIST-format data) in a process with no hub access and an empty hub cache."""
+    base = tmp_path_factory.mktemp("offline")
+    out = base / "zs"
+    overrides = [f"model.checkpoint={openai_checkpoint}", f"model.text={tiny_openai_clip['configs']['quickgelu']}",
+                 *tiny_openai_clip["overrides"], "data.source=fashion_mnist", f"data.root={tiny_fmnist}",
+                 "data.img_size=32", "data.test_resize=32", "data.max_per_class=8", "data.imbalance_ratio=1",
+                 "data.num_workers=0", "progress=false", "device=cpu"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(base / "hf"), OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(files.__file__).parents[2]), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "lpt", "eval", "--zero-shot", "--config", "lift_clip_cifar100_lt",
+                           "--out", str(out), *overrides], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+def test_a_clip_preset_reads_both_towers_from_model_checkpoint_offline(offline_zero_shot_run, openai_checkpoint):
+    _, meta = files.read_text_embeddings(offline_zero_shot_run)
+    assert meta["text_pretrained"] == str(openai_checkpoint) and meta["logit_scale"] == pytest.approx(100.0)
+    assert json.loads((offline_zero_shot_run / "run.json").read_text())["backbone"]["source"] == "file"
+
+
+def test_lpt_predict_on_a_zero_shot_run_prints_clips_probabilities(offline_zero_shot_run, tiny_openai_clip, tmp_path,
+                                                                   capsys):
+    """softmax(CLIP's logit scale x cosine), as open_clip's own model gives it, not softmax(loss.scale x cosine)."""
+    from PIL import Image
+
+    from lpt.run.load import load_run
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+    run = load_run(offline_zero_shot_run)
+    names = files.read_text_embeddings(offline_zero_shot_run)[1]["names"]
+    tokens, _ = open_clip_text(tiny_openai_clip, names)
+    with torch.no_grad():
+        image_features, text_features, scale = tiny_openai_clip["model"](run.transform(Image.open(path))[None], tokens)
+        theirs = (scale * image_features @ text_features.t()).softmax(dim=1)
+    assert run.logit_scale == pytest.approx(100.0) != run.config.loss.scale
+    torch.testing.assert_close(run.predict([path]), theirs, atol=1e-5, rtol=0)
+    assert main(["predict", "--run", str(offline_zero_shot_run), str(path), "--topk", "3"]) == 0
+    top = theirs[0].topk(3)
+    expected = ", ".join(f"{run.classes[i]} ({p:.3f})" for p, i in zip(top.values.tolist(), top.indices.tolist()))
+    assert capsys.readouterr().out.strip() == f"{path}: {expected}"
+
+
+def test_readmes_clip_commands_resolve_with_one_activation_for_both_towers(tmp_path):
+    """README's CLIP commands (the local OpenAI, LAION and converted files) resolve as ``lpt train`` would
+    resolve them, the towers' activation check included; its conversion command is run by ``openai_checkpoint``."""
+    from test_reproduce_commands import resolve, train_commands
+
+    stand_in = tmp_path / "split.txt"
+    stand_in.write_text("img.png 0\n")
+    # the conversion line's quoted ';' would split it as a statement: only lpt's lines are read
+    lpt_lines = "\n".join(line for line in readme_clip_section().splitlines() if CONVERSION not in line)
+    commands = [argv for argv in train_commands(lpt_lines) if any("checkpoint=" in w for w in argv)]
+    assert len(commands) == 3
+    backbones = {resolve(argv, stand_in).model.backbone for argv in commands}
+    assert backbones == {"vit_base_patch16_clip_quickgelu_224.openai", "vit_base_patch16_clip_224.laion2b"}

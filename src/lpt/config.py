@@ -77,7 +77,7 @@ class ModelConfig:
     peft: list[str] = field(default_factory=list)  # modules put into the blocks: bitfit ln lora ssf adapter adaptformer
     peft_dim: int = 0  # bottleneck width / LoRA rank of model.peft; 0 = LIFT's rule, 2 ** int(log2(C / 2L))
     text: str = ""  # open_clip model (ViT-B-16) or model-config .json whose text tower embeds the class names
-    text_pretrained: str = ""  # open_clip weights tag (openai) or file of model.text; "" = model.checkpoint's
+    text_pretrained: str = ""  # open_clip weights tag (openai) or file of model.text; a tag yields to model.checkpoint
     templates: str = "single"  # prompts per class: single ("a photo of a {}.") | ensemble (CLIP's 80 ImageNet ones)
     projection: bool = False  # classify in CLIP's joint space, through the image tower's frozen projection
 

@@ -8,6 +8,7 @@ checkpoints carry so that prompts are never loaded onto a backbone they were not
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import timm
 import torch
 import torch.nn as nn
 from timm.models import load_state_dict as timm_load_state_dict
+from timm.layers import QuickGELU
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
 
 from lpt.model.bundled import BUNDLED, bundled_backbone
@@ -108,9 +110,8 @@ def _architecture(name: str, kwargs: dict[str, Any]):
     return bundle, arch, ({**bundle.args, **kwargs} if bundle is not None else kwargs)
 
 
-def backbone_geometry(name: str, **kwargs: Any) -> tuple[int, tuple[int, int] | None, tuple[int, int]]:
-    """Depth, input size (None when the ViT takes any size) and patch size of a backbone, from its
-    architecture alone: built on the meta device, so no weights are read or downloaded."""
+def _meta_model(name: str, kwargs: dict[str, Any]) -> VisionTransformer:
+    """The backbone's architecture built on the meta device (no weights read or downloaded), its layout checked."""
     _, arch, kwargs = _architecture(name, kwargs)
     kwargs.pop("num_classes", None)  # a kept head (CLIP's projection) changes nothing here
     try:
@@ -120,9 +121,42 @@ def backbone_geometry(name: str, **kwargs: Any) -> tuple[int, tuple[int, int] | 
         first = first_line(exc, type(exc).__name__)
         raise BackboneError(f"backbone '{name}' with {kwargs}: {first}") from None
     check_vit_layout(model, name)
+    return model
+
+
+def backbone_geometry(name: str, **kwargs: Any) -> tuple[int, tuple[int, int] | None, tuple[int, int]]:
+    """Depth, input size (None when the ViT takes any size) and patch size of a backbone, from its
+    architecture alone."""
+    model = _meta_model(name, kwargs)
     pe = model.patch_embed
     size = None if getattr(pe, "dynamic_img_size", False) else tuple(pe.img_size)
     return len(model.blocks), size, tuple(pe.patch_size)
+
+
+def backbone_quick_gelu(name: str, **kwargs: Any) -> bool:
+    """Whether the backbone's MLPs run QuickGELU (timm's ``_clip_quickgelu_`` names, OpenAI's CLIP) rather than
+    GELU, from its architecture alone: a CLIP text tower must run the same."""
+    return isinstance(_meta_model(name, kwargs).blocks[0].mlp.act, QuickGELU)
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive: a zip holding ``constants.pkl``, as ``torch.jit.save`` writes
+    (the test torch.load applies before it refuses one under ``weights_only=True``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.rpartition("/")[2] == "constants.pkl" for n in archive.namelist())
+
+
+def refuse_torchscript(path: Path, key: str, error: type[Exception]) -> None:
+    """Refuse a TorchScript archive (OpenAI's original CLIP ``.pt`` releases) with the one command that converts an
+    OpenAI CLIP archive to a state dict lpt reads (open_clip rebuilds the model from the archive's tensors)."""
+    if is_torchscript(path):
+        out = path.with_suffix(".safetensors")
+        raise error(f"{key} {path} is a TorchScript archive (as OpenAI's original CLIP .pt files are); lpt reads "
+                    f"state dicts ({', '.join(WEIGHT_SUFFIXES)}): convert an OpenAI CLIP once with open_clip: "
+                    f"python -c \"import open_clip, safetensors.torch as st; st.save_file(open_clip.load_openai_model("
+                    f"'{path}', device='cpu').state_dict(), '{out}')\"")
 
 
 def _weights_source(name: str, bundle, checkpoint: str, pretrained: bool) -> tuple[Path | None, str]:
@@ -134,6 +168,7 @@ def _weights_source(name: str, bundle, checkpoint: str, pretrained: bool) -> tup
             raise BackboneError(f"backbone checkpoint {path} does not exist")
         if path.suffix not in WEIGHT_SUFFIXES:
             raise BackboneError(f"backbone checkpoint {path}: expected one of {', '.join(WEIGHT_SUFFIXES)}")
+        refuse_torchscript(path, "backbone checkpoint", BackboneError)
         return path, "file"
     if bundle is not None and bundle.weights:
         path = bundle.weights_path()

@@ -9,7 +9,7 @@ from timm.models.vision_transformer import VisionTransformer
 from lpt.config import ConfigError, ModelConfig
 from lpt.model.backbone import BackboneIdentity, backbone_geometry, create_backbone
 from lpt.model.lpt import LPT
-from lpt.model.text import text_model_name
+from lpt.model.text import text_model_name, text_quick_gelu, text_tower_weights
 from lpt.utils import log, seed_everything
 
 
@@ -34,9 +34,9 @@ def build_lpt(backbone: VisionTransformer, m: ModelConfig, num_classes: int, tra
 
 def check_fits(m: ModelConfig, img_size: int) -> None:
     """Refuse, before any data loads or weights are read, a model section the backbone cannot take: K not
-    below its depth, images of another size than its patch grid, or with a text tower an untagged CLIP name."""
-    if m.text:
-        text_model_name(m)  # open_clip installed, and the text tower's name known
+    below its depth, images of another size than its patch grid, or with a text tower an untagged CLIP name, or
+    towers of two activations."""
+    text = text_model_name(m) if m.text else ""  # open_clip installed, and the text tower's name known
     if m.text and "." not in m.backbone:
         raise ConfigError(f"config key 'model.backbone' is {m.backbone!r} without a weights tag; with model.text name "
                           f"the CLIP weights, e.g. {m.backbone}.openai (untagged, timm takes its default tag, which "
@@ -49,6 +49,8 @@ def check_fits(m: ModelConfig, img_size: int) -> None:
         raise ConfigError(f"config key 'data.img_size' is {img_size}, but {m.backbone} takes {size[0]}x{size[1]} "
                           f"images ({patch[0]} px patches); set data.img_size={size[0]}, or the backbone's size with "
                           f"model.backbone_args.img_size")
+    if text:
+        text_quick_gelu(m, text, text_tower_weights(m))
 
 
 def warn_mismatches(m: ModelConfig, mean: list[float], std: list[float]) -> None:

@@ -16,6 +16,7 @@ from types import ModuleType
 import torch
 
 from lpt.config import ConfigError, ModelConfig
+from lpt.model.backbone import WEIGHT_SUFFIXES, backbone_quick_gelu, refuse_torchscript
 from lpt.utils import first_line, log
 
 SINGLE_TEMPLATE = "a photo of a {}."  # CLIP's default prompt; LIFT's zero-shot and ``prompt: default``
@@ -53,22 +54,60 @@ def text_model_name(m: ModelConfig) -> str:
     return name
 
 
-def text_tower(m: ModelConfig, name: str) -> torch.nn.Module:
-    """The open_clip model ``name`` (:func:`text_model_name` of ``model.text``) with weights
-    ``model.text_pretrained`` (a tag such as ``openai``, or a file), else ``model.checkpoint`` (an open_clip
-    checkpoint holds both towers), else random (with a warning)."""
+def text_tower_weights(m: ModelConfig) -> str:
+    """The text tower's weights: ``model.text_pretrained`` if it names a file; else ``model.checkpoint``, which then
+    holds both towers (open_clip saves CLIP whole), over a weights tag in ``model.text_pretrained`` (a preset's
+    ``openai``), so that one file means both towers; else the tag; "" for none."""
+    named = Path(m.text_pretrained)
+    file = bool(m.text_pretrained) and (named.suffix in WEIGHT_SUFFIXES or named.is_file())
+    return m.checkpoint if m.checkpoint and not file else m.text_pretrained
+
+
+def text_quick_gelu(m: ModelConfig, name: str, weights: str) -> bool:
+    """Whether the text tower ``name`` runs QuickGELU: as its open_clip config says (the ``-quickgelu`` names), else
+    as its weights tag was trained (``openai``: QuickGELU), else (a file, or random) as the image tower runs, since
+    CLIP's two towers were trained with one activation. Towers that would run different ones are refused."""
     open_clip = require_open_clip()
-    weights = m.text_pretrained or m.checkpoint
+    image = backbone_quick_gelu(m.backbone, **m.backbone_args)
+    tag = open_clip.get_pretrained_cfg(name, weights) if weights else {}
+    if open_clip.get_model_config(name).get("quick_gelu"):
+        text, why = True, f"by its open_clip config {name}"
+    elif tag:
+        text, why = bool(tag.get("quick_gelu")), f"as its weights {weights!r} were trained"
+    else:
+        return image
+    if text != image:
+        act = {True: "QuickGELU", False: "GELU"}
+        raise ConfigError(f"CLIP's towers run one activation, but the text tower (model.text={m.text!r}) runs "
+                          f"{act[text]} {why} and the image tower (model.backbone={m.backbone!r}) {act[image]}: name "
+                          "both with one (QuickGELU, as OpenAI's weights: open_clip's '-quickgelu' configs, timm's "
+                          "'_clip_quickgelu_' names)")
+    return text
+
+
+def text_tower(m: ModelConfig, name: str) -> torch.nn.Module:
+    """The open_clip model ``name`` (:func:`text_model_name` of ``model.text``) with the weights
+    :func:`text_tower_weights` names, or random (with a warning), running :func:`text_quick_gelu`'s activation."""
+    open_clip = require_open_clip()
+    weights = text_tower_weights(m)
+    quick_gelu = text_quick_gelu(m, name, weights)
     if not weights:
         log.warning("TEXT TOWER '%s' IS RANDOMLY INITIALISED: no model.text_pretrained or model.checkpoint", name)
-    quick_gelu = bool(open_clip.get_pretrained_cfg(name, weights).get("quick_gelu", False)) if weights else False
-    try:  # a tag trained with QuickGELU (OpenAI's) gets it, as open_clip's "-quickgelu" model names do
+    elif m.text_pretrained and weights != m.text_pretrained:
+        log.info("text tower %s: weights from model.checkpoint %s, which holds both towers, not from model."
+                 "text_pretrained's tag %r", name, weights, m.text_pretrained)
+    if weights and Path(weights).is_file():
+        refuse_torchscript(Path(weights), "text tower weights", ConfigError)
+    try:
         return open_clip.create_model(name, pretrained=weights or None, require_pretrained=bool(weights),
                                       force_quick_gelu=quick_gelu)
     except (RuntimeError, OSError, KeyError, ValueError) as exc:
         first = first_line(exc, type(exc).__name__)
-        raise ConfigError(f"text tower {name} with weights {weights!r} (model.text, model.text_pretrained): "
-                          f"{first}") from None
+        if "loading state_dict" in first:  # open_clip loads strictly: the file is not this CLIP, or not both towers
+            first += (f" {weights} does not hold open_clip's {name} whole (both towers, as open_clip saves CLIP); "
+                      "an image-tower-only model.checkpoint needs the text tower's file in model.text_pretrained")
+        raise ConfigError(f"text tower {name} with weights {weights!r} (model.text, model.text_pretrained, "
+                          f"model.checkpoint): {first}") from None
 
 
 @torch.no_grad()

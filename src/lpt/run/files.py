@@ -183,7 +183,8 @@ def write_checkpoint(run_dir: Path, model, identity, cfg: Config) -> None:
 
 def write_text_embeddings(run_dir: Path, embeddings: torch.Tensor, meta: dict[str, Any]) -> None:
     """text_embeddings.safetensors: the class names' unit-norm text embeddings ``[C, E]`` (tensor ``embeddings``) and
-    what made them (``names``, ``templates``, ``text``, ``text_pretrained``, ``logit_scale``)."""
+    what made them (``names``, ``templates``, ``text``, ``text_pretrained``: the weights the text tower read,
+    ``logit_scale``)."""
     save_tensors(run_dir / TEXT_EMBEDDINGS, {"embeddings": embeddings}, meta)
 
 

@@ -30,7 +30,7 @@ from lpt.data.names import prompt_names
 from lpt.engine.step import Env
 from lpt.evaluation import source_features
 from lpt.model.lpt import LPT
-from lpt.model.text import class_embeddings
+from lpt.model.text import class_embeddings, text_tower_weights
 from lpt.run.load import evaluate_with
 
 
@@ -67,7 +67,7 @@ def _text_head(model: LPT, splits: DataSplits, cfg: Config, env: Env) -> dict:
     model.head.weight.copy_(text_weights(model, embeddings))
     m = cfg.model
     return {"embeddings": embeddings, "meta": {"names": names, "templates": m.templates, "text": m.text,
-                                               "text_pretrained": m.text_pretrained, "logit_scale": logit_scale}}
+                                               "text_pretrained": text_tower_weights(m), "logit_scale": logit_scale}}
 
 
 @torch.no_grad()
