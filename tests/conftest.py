@@ -119,12 +119,12 @@ def tiny_openai_config(quick_gelu: bool) -> dict:
 @pytest.fixture(scope="session")
 def tiny_openai_clip(tmp_path_factory) -> dict:
     """A random CLIP as OpenAI released them: QuickGELU, fp16 values, logit scale 100, a TorchScript archive
-    ``ViT-B-16.pt`` (the causal mask an attribute, outside the state dict, as in OpenAI's). With open_clip's
-    QuickGELU model of it, its two configs (``plain``, ``quickgelu``) and the overrides that shrink a CLIP preset's
-    towers to its size."""
+    ``ViT-B-16.pt``. With open_clip's QuickGELU model of it, its two configs (``plain``, ``quickgelu``) and the
+    overrides that shrink a CLIP preset's towers to its size."""
     import copy
     import json
     import math
+    import warnings
 
     import open_clip
 
@@ -140,9 +140,12 @@ def tiny_openai_clip(tmp_path_factory) -> dict:
         for tensor in model.parameters():  # fp16 values, as OpenAI released them: open_clip's loader of the
             tensor.copy_(tensor.half())    # archives rounds its layers to fp16, which then loses nothing
         model.logit_scale.fill_(math.log(100.0))  # OpenAI's trained temperature: logits are 100 x cosine
-    archive = copy.deepcopy(model)
-    archive.attn_mask = archive._buffers.pop("attn_mask")
-    torch.jit.script(archive).save(str(folder / "ViT-B-16.pt"))
+    archive, mask = copy.deepcopy(model), model.attn_mask
+    del archive.attn_mask  # a buffer in open_clip's CLIP, an attribute (outside the state dict) in OpenAI's archives
+    archive.attn_mask = mask
+    with warnings.catch_warnings():  # torch deprecates writing TorchScript; OpenAI's releases are just that
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(archive).save(str(folder / "ViT-B-16.pt"))
     overrides = ["model.split_block=1", f"model.backbone_args={{img_size: 32, patch_size: 8, depth: 2, embed_dim: "
                  f"{OPENAI_WIDTH}, num_heads: 1, num_classes: {CLIP_EMBED}}}"]
     return {"model": model, "archive": folder / "ViT-B-16.pt", "configs": configs, "overrides": overrides}
