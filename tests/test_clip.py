@@ -275,7 +275,8 @@ def openai_checkpoint(tiny_openai_clip) -> Path:
     words = shlex.split(readme_line(CONVERSION))
     assert words[:2] == ["python", "-c"]
     folder = tiny_openai_clip["archive"].parent
-    subprocess.run([sys.executable, *words[1:]], cwd=folder, check=True, capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, *words[1:]], cwd=folder, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     return folder / "ViT-B-16.safetensors"
 
 
