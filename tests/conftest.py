@@ -6,6 +6,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -33,6 +34,23 @@ def tiny_fmnist(tmp_path_factory):
         rng.shuffle(labels)
         write_idx(root / f"{split}-images-idx3-ubyte.gz", class_images(labels, rng))
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    return root
+
+
+@pytest.fixture(scope="session")
+def list_data(tmp_path_factory):
+    """PNG images and 'relative/path label' lists: 10 classes, long-tailed training split, 4 val and 6 test
+    images per class."""
+    root = tmp_path_factory.mktemp("listdata")
+    rng = np.random.default_rng(0)
+    for split, counts in (("train", [30, 24, 18, 14, 10, 8, 6, 5, 4, 3]), ("val", [4] * 10), ("test", [6] * 10)):
+        labels = np.repeat(np.arange(10), counts)
+        lines = []
+        for i, (image, label) in enumerate(zip(class_images(labels, rng), labels)):
+            (root / split).mkdir(exist_ok=True)
+            Image.fromarray(image).save(root / split / f"{i}.png")
+            lines.append(f"{split}/{i}.png {label}")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return root
 
 

@@ -170,12 +170,12 @@ def test_tensorboard_gets_every_epoch_record(run_dir):
 def test_tensorboard_hook_is_a_no_op_without_tensorboard(monkeypatch, tmp_path):
     import sys
 
-    from lpt.engine.trainer import TensorBoardLog
+    from lpt.run.tracking import TensorBoardLog
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
     hook = TensorBoardLog(str(tmp_path / "tb"))
-    hook({"phase": "phase1", "epoch": 1, "loss": 1.0})
-    hook.close()
+    hook.record({"phase": "phase1", "epoch": 1, "loss": 1.0})
+    hook.close("finished")
     assert hook.writer is None and not (tmp_path / "tb").exists()
 
 

@@ -2,10 +2,8 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import lpt
 from lpt.analysis.report import _kept, write_report
@@ -14,26 +12,9 @@ from lpt.config import ConfigError, load_config
 from lpt.model.state import read_tensors
 from lpt.run import validation
 from lpt.run.files import read_run
-from tests.conftest import TINY_MODEL, class_images
+from tests.conftest import TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def list_data(tmp_path_factory):
-    """PNG images and 'relative/path label' lists: 10 classes, long-tailed training split, 4 val and 6 test
-    images per class."""
-    root = tmp_path_factory.mktemp("listdata")
-    rng = np.random.default_rng(0)
-    for split, counts in (("train", [30, 24, 18, 14, 10, 8, 6, 5, 4, 3]), ("val", [4] * 10), ("test", [6] * 10)):
-        labels = np.repeat(np.arange(10), counts)
-        lines = []
-        for i, (image, label) in enumerate(zip(class_images(labels, rng), labels)):
-            (root / split).mkdir(exist_ok=True)
-            Image.fromarray(image).save(root / split / f"{i}.png")
-            lines.append(f"{split}/{i}.png {label}")
-        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def overrides(root, *extra):

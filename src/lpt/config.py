@@ -119,6 +119,33 @@ class PhaseConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases tracking of a run (the optional extra lpt[wandb]); off while ``project`` is empty."""
+
+    project: str = ""  # W&B project; "" = no W&B run
+    entity: str = ""  # W&B user or team; "" = the logged-in user's default
+    group: str = ""  # W&B group of the run; "" = log.group
+    mode: str = "online"  # online | offline (files under RUN_DIR/wandb/, for `wandb sync`)
+
+
+@dataclass
+class MlflowConfig:
+    """MLflow tracking of a run (the optional extra lpt[mlflow]); off while ``tracking_uri`` is empty."""
+
+    tracking_uri: str = ""  # a folder (lpt keeps mlflow.db in it) or an MLflow URI (sqlite:///mlruns.db, http://...)
+    experiment: str = "lpt"  # MLflow experiment of the run, made when missing
+
+
+@dataclass
+class LogConfig:
+    """Experiment trackers beside TensorBoard: each gets the config, every metrics.jsonl record and the results."""
+
+    group: str = ""  # runs that belong together (a study): the W&B group, and the MLflow parent run they nest under
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+@dataclass
 class Config:
     """Everything a run needs; saved as config.yaml in the run directory."""
 
@@ -143,6 +170,7 @@ class Config:
     deterministic: bool = False  # deterministic algorithms only: identical reruns and resumed runs on CPU
     progress: bool = True  # progress bar on an interactive terminal
     threads: int = 0  # CPU threads of torch's operators; 0 = as the caller set them (lpt: --threads, else all usable)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 CHOICES = {
@@ -164,6 +192,7 @@ CHOICES = {
     "phase2.schedule": ("steps", "published"),
     "select": ("last", "best_val"),
     "tta": ("none", "flip", "crops"),
+    "log.wandb.mode": ("online", "offline"),
 }
 PHASES = ("phase1", "phase2")
 PEFT = ("bitfit", "ln", "lora", "ssf", "adapter", "adaptformer")  # lpt.model.peft

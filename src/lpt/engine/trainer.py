@@ -165,29 +165,3 @@ class PhaseTrainer:
                  record["loss"], record["train_acc"], record["images_per_s"])
         return record
 
-
-class TensorBoardLog:
-    """Per-epoch records to TensorBoard under ``log_dir``, when ``tensorboard`` is installed (the optional
-    extra); otherwise it does nothing. Each numeric field becomes the scalar ``<phase>/<field>`` at
-    step ``epoch``.
-    """
-
-    def __init__(self, log_dir: str):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            self.writer = None
-        else:
-            self.writer = SummaryWriter(str(log_dir))
-
-    def __call__(self, record: dict) -> None:
-        if self.writer is None:
-            return
-        for key, value in record.items():
-            if key not in ("phase", "epoch") and isinstance(value, (int, float)):
-                self.writer.add_scalar(f"{record['phase']}/{key}", value, record["epoch"])
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()

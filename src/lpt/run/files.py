@@ -12,6 +12,8 @@
 ``run.json``       method, backbone identity, per-phase summary (accuracy, size, speed), timings
 ``predictions.npz`` labels, predictions, top-5 and matched groups of the final evaluation
 ``train.log``, ``tensorboard/``, ``bad_images.txt`` (with ``data.skip_bad_images``)
+``tracking.json``  with ``log.wandb`` / ``log.mlflow``: the W&B and MLflow run ids, so that a resumed run
+                   continues the same tracked runs; ``wandb/``: W&B's own files (offline mode: for ``wandb sync``)
 ``best_val.safetensors`` while a phase runs with ``select: best_val``: its best validation epoch so far
 ``backbone.safetensors`` an imported official run's ViT (``model.checkpoint`` names it relatively)
 ``text_embeddings.safetensors`` with ``model.head_init: text``: the class names' CLIP text embeddings
@@ -51,7 +53,7 @@ CONFIG, CLASSES, METRICS, METRICS_LOG = "config.yaml", "classes.json", "metrics.
 RUN_INFO, CHECKPOINT, RESUME = "run.json", "model.safetensors", "resume.safetensors"
 PREDICTIONS, BACKBONE, BEST_VAL = "predictions.npz", "backbone.safetensors", "best_val.safetensors"
 TRAIN_LOG, TENSORBOARD, BAD_IMAGES, LOCK = "train.log", "tensorboard", "bad_images.txt", ".lock"
-TEXT_EMBEDDINGS = "text_embeddings.safetensors"
+TEXT_EMBEDDINGS, TRACKING = "text_embeddings.safetensors", "tracking.json"
 
 
 # ----------------------------------------------------------------------------- claiming a directory
@@ -194,6 +196,17 @@ def read_text_embeddings(run_dir: Path) -> tuple[torch.Tensor, dict[str, Any]]:
     return tensors["embeddings"], meta
 
 
+def write_tracking(run_dir: Path, ids: dict[str, str]) -> None:
+    """tracking.json: the run's id in each experiment tracker (``wandb``, ``mlflow``)."""
+    atomic_write_json(run_dir / TRACKING, ids)
+
+
+def read_tracking(run_dir: Path) -> dict[str, str]:
+    """The tracked run ids of tracking.json; empty for a run that has none yet."""
+    path = Path(run_dir) / TRACKING
+    return _read_json(path) if path.is_file() else {}
+
+
 def write_metrics(run_dir: Path, metrics: dict) -> None:
     """metrics.json: the final evaluation's shot-split metrics."""
     atomic_write_json(run_dir / METRICS, metrics)
@@ -315,7 +328,7 @@ class RunFiles:
     def trained_params(self) -> int | None:
         """Parameters the run trained (:func:`trained_params`); 0 for a method that trains nothing (zero-shot
         CLIP, whose checkpoint holds its computed classifier)."""
-        return trained_params(self.path) if trains_anything(self.method) else 0
+        return run_trained_params(self.path, self.method)
 
 
 def _read_json(path: Path) -> Any:
@@ -369,6 +382,11 @@ def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray] | None:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path} is not a readable predictions file ({exc}); delete it and run `lpt report` "
                           "to compute it again") from None
+
+
+def run_trained_params(run_dir: str | Path, method: str) -> int | None:
+    """Parameters a run of ``method`` trained (:func:`trained_params`); 0 for a method that trains nothing."""
+    return trained_params(run_dir) if trains_anything(method) else 0
 
 
 def trained_params(run_dir: str | Path) -> int | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from lpt.data.datasets import FeatureDataset
 from lpt.distributed import init_distributed
 from lpt.engine.resume import StopRequest, load_resume, save_resume
 from lpt.engine.step import Env
-from lpt.engine.trainer import Cadence, PhaseTrainer, TensorBoardLog
+from lpt.engine.trainer import Cadence, Interrupted, PhaseTrainer
 from lpt.evaluation import features
 from lpt.methods import Method, check_config, get_method
 from lpt.metrics import ACCURACIES, GROUPS
@@ -36,6 +36,7 @@ from lpt.model.state import load_strict
 from lpt.run import files
 from lpt.run.head_init import init_head
 from lpt.run.load import build_run_model, evaluate_with, load_trained, shot_metrics
+from lpt.run.tracking import Trackers, check_trackers, open_trackers
 from lpt.run.validation import Validation
 from lpt.utils import log, resolve_device, set_threads
 
@@ -50,6 +51,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: boo
     """
     check_config(cfg)
     check_fits(cfg.model, cfg.data.img_size)
+    check_trackers(cfg)
     warn_mismatches(cfg.model, cfg.data.mean, cfg.data.std)
     if cfg.threads:
         set_threads(cfg.threads)
@@ -72,7 +74,8 @@ class _Training:
 
     ``start`` is the resumable position the run starts from (a fresh run's: phase 0, nothing written).
     ``summary`` (per finished phase) and ``metrics`` (of the last evaluation) grow as phases finish and go
-    into every resumable save; ``outputs`` are the last evaluation's arrays, for predictions.npz.
+    into every resumable save; ``outputs`` are the last evaluation's arrays, for predictions.npz. ``trackers`` are
+    the main process's (TensorBoard, W&B, MLflow), none on the other ranks.
     """
 
     cfg: Config
@@ -88,6 +91,13 @@ class _Training:
     val: Any = None
     outputs: dict | None = None
     text: dict | None = None  # head_init=text: the class names' embeddings, for text_embeddings.safetensors
+    trackers: Trackers = field(default_factory=lambda: Trackers([]))
+
+    def record(self, record: dict) -> None:
+        """One record (an epoch's, a validation's, a phase evaluation's) to metrics.jsonl and the trackers."""
+        if self.env.dist.is_main:
+            files.append_record(self.out_dir, record)
+        self.trackers.record(record)
 
     def save(self, index: int, phase_position: dict | None, **extra: Any) -> None:
         """Write the resumable state (main process): resume at phase ``index``, at ``phase_position`` within it."""
@@ -99,20 +109,26 @@ class _Training:
 
 def _train_locked(cfg: Config, out_dir: Path, resume: bool, env: Env, stop: StopRequest) -> dict:
     """``train`` once the run lock and the signal handlers are held: set up, train the phases, write the results;
-    train.log and TensorBoard are closed even when training fails."""
+    train.log is closed and the tracked runs end (finished, interrupted or failed) even when training fails."""
     started = time.time()
     run = _set_up(cfg, out_dir, resume, env)
-    handler, tensorboard = _open_run_dir(run) if env.dist.is_main else (None, None)
+    handler = _open_run_dir(run) if env.dist.is_main else None
     log.info("run %s%s: %d classes, %d training and %d test images, backbone %s (%s)", out_dir,
              f" resumed at phase {run.start['phase_index'] + 1}" if run.resumed else "", run.splits.num_classes,
              len(run.splits.train), len(run.splits.test), run.identity.name, run.identity.source)
+    status = "failed"
     try:
-        _run_phases(run, stop, tensorboard)
+        if env.dist.is_main:
+            run.trackers = open_trackers(cfg, out_dir)
+        _run_phases(run, stop)
         if env.dist.is_main:
             _write_results(run, started)
+        status = "finished"
+    except Interrupted:
+        status = "interrupted"
+        raise
     finally:
-        if tensorboard is not None:
-            tensorboard.close()
+        run.trackers.close(status)
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
@@ -152,13 +168,12 @@ def _read_resume(out_dir: Path):
     return state
 
 
-def _open_run_dir(run: _Training) -> tuple[logging.Handler, TensorBoardLog]:
-    """Main process, before training: the run directory with its logs and the files that describe the run, and
-    metrics.jsonl cut back to the state the run resumes from. The caller closes the logs."""
+def _open_run_dir(run: _Training) -> logging.Handler:
+    """Main process, before training: the run directory with its log and the files that describe the run, and
+    metrics.jsonl cut back to the state the run resumes from. The caller closes the log."""
     out_dir, splits = run.out_dir, run.splits
     out_dir.mkdir(parents=True, exist_ok=True)
     handler = files.open_train_log(out_dir)
-    tensorboard = TensorBoardLog(str(out_dir / files.TENSORBOARD))
     files.write_setup(out_dir, run.cfg, splits.classes, splits.train_counts)
     if run.text is not None:
         files.write_text_embeddings(out_dir, run.text["embeddings"], run.text["meta"])
@@ -167,10 +182,10 @@ def _open_run_dir(run: _Training) -> tuple[logging.Handler, TensorBoardLog]:
         log.log(logging.WARNING if splits.bad_images else logging.INFO,
                 "skipped %d unreadable images (data.skip_bad_images), listed in %s", len(splits.bad_images), listed)
     files.truncate_records(out_dir, run.start["jsonl_lines"])
-    return handler, tensorboard
+    return handler
 
 
-def _run_phases(run: _Training, stop: StopRequest, tensorboard: TensorBoardLog | None) -> None:
+def _run_phases(run: _Training, stop: StopRequest) -> None:
     """Train, in order, the phases the run has not finished (a resumed run skips those before its start)."""
     method = get_method(run.cfg.method)(run.cfg, run.splits.train_counts).to(run.env.device)
     if not run.cfg.phases and run.start["phase_index"] == 0:  # a method that trains nothing: the model as built
@@ -178,11 +193,10 @@ def _run_phases(run: _Training, stop: StopRequest, tensorboard: TensorBoardLog |
         _finish_phase(run, 0, method.name, [], None)
     for index, phase in enumerate(run.cfg.phases):
         if index >= run.start["phase_index"]:
-            _run_phase(run, method, index, phase, stop, tensorboard)
+            _run_phase(run, method, index, phase, stop)
 
 
-def _run_phase(run: _Training, method: Method, index: int, phase: str, stop: StopRequest,
-               tensorboard: TensorBoardLog | None) -> None:
+def _run_phase(run: _Training, method: Method, index: int, phase: str, stop: StopRequest) -> None:
     """One phase: train it (from the saved position where the run stopped inside it; validating as it goes),
     restore its best validation epoch with ``select: best_val``, evaluate, record its summary, then save its
     checkpoint and a resumable state that starts at the next phase."""
@@ -191,10 +205,10 @@ def _run_phase(run: _Training, method: Method, index: int, phase: str, stop: Sto
     validation = Validation(cfg, phase, model, run.val, run.splits.train_counts, run.out_dir, env.device, env.dist)
 
     def on_epoch_end(record: dict) -> None:
-        if env.dist.is_main:
-            files.append_record(run.out_dir, record)
-            tensorboard(record)
-        validation.after_epoch(record["epoch"])
+        run.record(record)
+        validated = validation.after_epoch(record["epoch"])
+        if validated is not None:
+            run.record(validated)
 
     cadence = Cadence(save=lambda pos: run.save(index, pos), every=cfg.checkpoint_every, should_stop=stop,
                       resume=run.start["phase"] if index == run.start["phase_index"] else None)
@@ -213,8 +227,8 @@ def _finish_phase(run: _Training, index: int, phase: str, records: list[dict], s
     run.summary[phase] = _phase_summary(model, run.metrics, records) | ({"selected": selected} if selected else {})
     log.info("%s: overall %.2f, many %s, medium %s, few %s", phase, run.metrics["overall"],
              *(f"{run.metrics[g]:.2f}" if run.metrics[g] is not None else "-" for g in GROUPS))
+    run.record({"phase": phase, "eval": run.summary[phase]})
     if run.env.dist.is_main:
-        files.append_record(run.out_dir, {"phase": phase, "eval": run.summary[phase]})
         files.write_checkpoint(run.out_dir, model, run.identity, cfg)
     run.save(index + 1, None)
 
@@ -263,4 +277,5 @@ def _write_results(run: _Training, started: float) -> None:
     })
     if run.outputs is not None:
         files.write_predictions(run.out_dir, run.outputs)
+    run.trackers.finish(run.metrics, files.run_trained_params(run.out_dir, run.cfg.method))
     run.save(len(run.cfg.phases), None, finished=True)

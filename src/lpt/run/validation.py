@@ -24,7 +24,8 @@ from lpt.run.load import shot_metrics
 
 
 class Validation:
-    """Call ``after_epoch(epoch)`` at every epoch's end (all ranks) and ``finish()`` when the phase ends."""
+    """Call ``after_epoch(epoch)`` at every epoch's end (all ranks; it returns the validation record for the run to
+    keep) and ``finish()`` when the phase ends."""
 
     def __init__(self, cfg: Config, phase: str, model: LPT, val_set, train_counts: list[int], out_dir: Path,
                  device: torch.device, dist: DistContext):
@@ -39,20 +40,20 @@ class Validation:
             if meta.get("phase") == phase:
                 self.best, self.best_tensors = {"epoch": meta["epoch"], "overall": meta["overall"]}, tensors
 
-    def after_epoch(self, epoch: int) -> None:
-        """Evaluate after epoch ``epoch`` (1-based) when it is due; record it; keep it if it is the best."""
+    def after_epoch(self, epoch: int) -> dict[str, Any] | None:
+        """Evaluate after epoch ``epoch`` (1-based) when it is due; keep it if it is the best; return its record
+        (None when no validation was due)."""
         if self.val_set is None or (epoch % self.cfg.val_every and epoch != self.epochs):
-            return
+            return None
         metrics, _ = shot_metrics(self.model, self.val_set, self.train_counts, self.cfg, self.device, self.dist,
                                   f"val {self.phase} {epoch}")
         record = {"phase": self.phase, "epoch": epoch, "val": {k: metrics[k] for k in (*ACCURACIES, "num_images")}}
-        if self.dist.is_main:
-            files.append_record(self.out_dir, record)
         if self.cfg.select == "best_val" and (self.best is None or metrics["overall"] > self.best["overall"]):
             self.best = {"epoch": epoch, "overall": metrics["overall"]}
             self.best_tensors = {k: v.detach().clone() for k, v in self.model.trained_tensors().items()}
             if self.dist.is_main:
                 save_tensors(self.out_dir / files.BEST_VAL, self.best_tensors, {"phase": self.phase, **self.best})
+        return record
 
     def finish(self) -> dict[str, Any] | None:
         """With ``select: best_val``, load the best epoch's tensors into the model and return which it was."""
