@@ -173,9 +173,11 @@ def _sqlite_lock(uri: str) -> Iterator[str]:
     """For a SQLite file, an exclusive lock beside it while a run starts: processes that open a new database at
     once race in MLflow's table creation and fail, and runs of a group that start at once would each make the
     group's parent. A tracking server (any other URI) takes no lock: there :func:`_parent_run` settles it."""
-    from sqlalchemy.engine import make_url
+    database = None
+    if uri.startswith("sqlite:"):
+        from sqlalchemy.engine import make_url
 
-    database = make_url(uri).database if uri.startswith("sqlite:") else None
+        database = make_url(uri).database
     if not database or database == ":memory:":
         yield uri
         return
