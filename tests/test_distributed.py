@@ -63,7 +63,8 @@ def two_process_run(tmp_path_factory, tiny_fmnist):
     recorder.write_text(RECORDER)
     overrides = [f"data.root={tiny_fmnist}", "data.imbalance_ratio=10", "data.max_per_class=40", *TINY_MODEL,
                  "phase1.epochs=2", "phase1.batch_size=16", "phase1.lr=0.5", "phase2.epochs=1",
-                 "phase2.batch_size=16", "phase2.lr=0.5", "eval_batch_size=32", "progress=false", "device=cpu"]
+                 "phase2.batch_size=16", "phase2.lr=0.5", "eval_batch_size=32", "progress=false", "device=cpu",
+                 f"log.mlflow.tracking_uri={base / 'tracking'}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", LPT_SHARD_LOG=str(logs),
                PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -98,6 +99,18 @@ def test_rank_0_alone_reports(two_process_run):
     assert (run_dir / "report.html").is_file() and (run_dir / "report.md").is_file()
     assert "could not be written" not in proc.stderr
     assert proc.stdout.count("test accuracy %:") == 1
+
+
+def test_rank_0_alone_tracks(two_process_run):
+    """One MLflow run (log.mlflow), by rank 0: another rank tracking would start a second one."""
+    from mlflow.tracking import MlflowClient
+
+    run_dir, _, _, _ = two_process_run
+    mlflow = MlflowClient(f"sqlite:///{run_dir.parent / 'tracking' / 'mlflow.db'}")
+    (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("lpt").experiment_id])
+    assert run.info.run_id == json.loads((run_dir / "tracking.json").read_text())["mlflow"]
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "phase1/loss")] == [1, 2]
 
 
 def test_sharded_eval_equals_single_process_eval(two_process_run, one_thread):
