@@ -167,6 +167,19 @@ def test_wandb_offline_files_hold_config_records_results_and_group(tracked):
     assert {name: summary[name] for name in final} == final
 
 
+def test_tensorboard_plots_the_same_series(tracked):
+    """TensorBoard gets the epochs' and the validations' scalars under the same names (stored as float32)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = tracked
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    series, _ = expected(run_dir)
+    assert set(events.Tags()["scalars"]) == set(series)
+    for name, points in series.items():
+        assert {e.step: e.value for e in events.Scalars(name)} == pytest.approx(points, rel=1e-6), name
+
+
 def test_wandb_group_of_its_own_wins_over_log_group(tmp_path):
     cfg = from_dict({"log": {"group": "study", "wandb": {"project": "p", "mode": "offline", "group": "mine"}}})
     WandbLog(cfg, tmp_path, None).close("finished")

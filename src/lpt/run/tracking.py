@@ -109,7 +109,7 @@ class WandbLog:
         self.run.summary.update(values)
 
     def close(self, status: str) -> None:
-        if status == "interrupted":  # W&B shows it preempted, not crashed: `lpt train --resume` continues it
+        if status == "interrupted":  # marked preempting, not crashed: `lpt train --resume` continues it
             self.run.mark_preempting()
         self.run.finish(exit_code=0 if status == "finished" else 1)
 
