@@ -4,19 +4,20 @@ unreadable files fail as on the exact path; a run without CUDA falls back from g
 
 import io
 import logging
+import math
 
 import numpy as np
 import pytest
 import simplejpeg
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from lpt.config import ConfigError, DataConfig, load_config
 from lpt.data import TrainImages, build_train_stream, build_transform, train_images
 from lpt.data.datasets import ArrayImageDataset, BadImageError, FileImageDataset, load_rgb
 from lpt.data import decode as decode_module
 from lpt.data.decode import Box, FastCrop, FileCrops, ends_whole, reduction_for
-from lpt.data.gpu_decode import (DeviceDecode, EncodedBatch, EncodedCrop, EncodedImage, collate_encoded,
+from lpt.data.gpu_decode import (DeviceDecode, EncodedBatch, EncodedCrop, EncodedImage, collate_encoded, decode_jpeg,
                                  gpu_decode_problem, resolve_decode)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -301,7 +302,8 @@ def test_a_jpeg_the_device_cannot_decode_is_named(broken, files):
     cfg = config()
     good = keyed(EncodedCrop(cfg), files["jpeg120x90"], 0)
     cut = open(broken[0], "rb").read()  # a cut file as if it had reached the device (EncodedCrop keeps such files)
-    bad = EncodedImage(torch.frombuffer(bytearray(cut), dtype=torch.uint8), Box(0, 0, 32, 32), False, broken[0])
+    bad = EncodedImage(torch.frombuffer(bytearray(cut), dtype=torch.uint8), good.header, Box(0, 0, 32, 32), False,
+                       broken[0])
     batch, _ = collate_encoded([(good, 0), (bad, 0)])
     with pytest.raises(BadImageError, match=rf"^{broken[0]}: cannot read image on cpu \(.*data.decode=fast$"):
         DeviceDecode(cfg, "cpu")(batch)
@@ -439,3 +441,111 @@ def test_lpt_train_with_decode_gpu_and_no_cuda_runs_fast_and_says_so_once(jpeg_f
     assert len(said) == 1 and said[0].endswith(
         "data.decode=gpu: no CUDA device (the run's device is cpu); decoding on the CPU as data.decode=fast")
     assert "decode: gpu" in (out / "config.yaml").read_text()  # the run's own setting, kept as set
+
+
+# ----------------------------------------------------------------------------- EXIF orientation (issue 25, point 1)
+
+# Each orientation's turn in ImageOps.exif_transpose, and its inverse: how the stored image is made from the one shown.
+TURN = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90}
+STORE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+         5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+         8: Image.Transpose.ROTATE_270}
+
+
+def lopsided(width: int, height: int) -> np.ndarray:
+    """Smooth colour with a bright block at the top left: every turn and mirror of it differs from it."""
+    pixels = photo_like(width, height, 7)
+    pixels[: height // 3, : width // 4] = 250
+    return pixels
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory):
+    """Per EXIF orientation 1..8, a JPEG storing ``lopsided(256, 192)`` so that it is shown upright, and a PNG of
+    what it shows (the stored pixels turned by Pillow's exif_transpose): {orientation: (jpeg, png)}."""
+    root, shown = tmp_path_factory.mktemp("exif"), Image.fromarray(lopsided(256, 192))
+    out = {}
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        stored = shown.transpose(STORE[orientation]) if orientation > 1 else shown
+        jpeg = root / f"o{orientation}.jpg"
+        stored.save(jpeg, quality=95, exif=exif)
+        with Image.open(jpeg) as image:
+            upright = np.array(ImageOps.exif_transpose(image).convert("RGB"))
+        out[orientation] = (str(jpeg), save(root / f"o{orientation}.png", upright))
+    return out
+
+
+def test_the_exact_path_shows_every_exif_orientation_upright(rotated):
+    for orientation, (jpeg, png) in rotated.items():
+        image = np.array(load_rgb(jpeg))
+        assert np.array_equal(image, np.array(Image.open(png))), orientation  # Pillow's exif_transpose
+        # and the picture itself (JPEG noise: mean 4.7; the stored image of 2, 3 or 4 differs by 60 or more)
+        assert image.shape == (192, 256, 3) and np.abs(image.astype(int) - lopsided(256, 192)).mean() < 8, orientation
+
+
+def reduced_crop(jpeg: str, orientation: int, box: Box, flip: bool, reduction: int, size: int) -> torch.Tensor:
+    """The fast path's crop at ``1 / reduction``, worked out the other way round: the whole JPEG decoded at that scale
+    (simplejpeg), turned upright by Pillow's transpose, then the box's hull cut and resized with PIL. The sides of
+    ``rotated``'s images are multiples of 8, so the turned reduced image's pixel grid is the upright image's."""
+    data = open(jpeg, "rb").read()
+    height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    stored = Image.fromarray(simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=height // reduction,
+                                                    min_width=width // reduction))
+    shown = stored.transpose(TURN[orientation]) if orientation > 1 else stored
+    top, left = box.top / reduction, box.left / reduction
+    bottom, right = (box.top + box.height) / reduction, (box.left + box.width) / reduction
+    hull = shown.crop((int(left), int(top), math.ceil(right), math.ceil(bottom)))
+    out = hull.resize((size, size), Image.Resampling.BICUBIC,
+                      box=(left - int(left), top - int(top), right - int(left), bottom - int(top)))
+    out = torch.from_numpy(np.array(out)).permute(2, 0, 1)
+    return out.flip(-1) if flip else out
+
+
+def test_fast_crops_of_a_turned_jpeg_are_those_of_the_upright_image(rotated):
+    """Bit for bit, at every DCT scale: at full scale the fast crop of a PNG of the upright pixels (the box is drawn on
+    the image as shown and the stored region turned before the resize), which is within 2 grey levels of the exact
+    path's; at 1/2 and 1/4 scale :func:`reduced_crop`."""
+    cfg = config()
+    fast = recording(FastCrop(cfg))
+    reductions = set()
+    for orientation, (jpeg, png) in rotated.items():
+        for key in range(16):
+            got, (box, flip) = keyed(fast, jpeg, key), fast.drawn[-1]
+            reduction = reduction_for(box, cfg.img_size)
+            reductions.add(reduction)
+            if reduction == 1:
+                assert torch.equal(got, keyed(FastCrop(cfg), png, key)), (orientation, key)
+                assert (got.int() - exact_crop(cfg, png, key)[2].int()).abs().max() <= 2, (orientation, key)
+            else:
+                assert torch.equal(got, reduced_crop(jpeg, orientation, box, flip, reduction, cfg.img_size)), \
+                    (orientation, key)
+    assert reductions == {1, 2, 4}
+
+
+def device_crop(jpeg: str, orientation: int, box: Box, flip: bool, cfg: DataConfig) -> torch.Tensor:
+    """The gpu path's crop worked out the other way round: the whole JPEG decoded as stored, turned upright by
+    Pillow's transpose, then the box cut, resized in float32, rounded and flipped."""
+    stored = decode_jpeg(torch.frombuffer(bytearray(open(jpeg, "rb").read()), dtype=torch.uint8), torch.device("cpu"))
+    shown = Image.fromarray(stored.permute(1, 2, 0).numpy())
+    shown = torch.from_numpy(np.array(shown.transpose(TURN[orientation]) if orientation > 1 else shown))
+    region = shown.permute(2, 0, 1)[None, :, box.top:box.top + box.height, box.left:box.left + box.width].float()
+    out = torch.nn.functional.interpolate(region, size=(cfg.img_size, cfg.img_size), mode=cfg.interpolation,
+                                          antialias=True)[0].round().clamp(0, 255).int()
+    return out.flip(-1) if flip else out
+
+
+def test_the_gpu_path_turns_each_jpeg_upright_on_the_device(rotated):
+    """The device decodes each JPEG as stored; the crop of its box on the image as shown is :func:`device_crop`'s,
+    and within 2 grey levels of the exact path's crop of the upright PNG (float resize against PIL's)."""
+    cfg = config()
+    items = [(keyed(EncodedCrop(cfg), jpeg, key), 0) for key, (jpeg, _) in enumerate(rotated.values())]
+    assert [item.header.orientation for item, _ in items] == list(range(1, 9))  # all sent to the device
+    images = undo_normalise(cfg, DeviceDecode(cfg, "cpu")(collate_encoded(items)[0]))
+    for key, (orientation, (jpeg, png)) in enumerate(rotated.items()):
+        item = items[key][0]
+        assert torch.equal(images[key], device_crop(jpeg, orientation, item.box, item.flip, cfg)), orientation
+        assert (images[key] - exact_crop(cfg, png, key)[2].int()).abs().max() <= 2, orientation

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from torch.utils.data import Dataset
 
 Transform = Callable[[Image.Image], Any]
@@ -36,6 +36,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def exif_orientation(img: Image.Image) -> int:
+    """The orientation an image file asks to be shown in, 1..8 (1: as stored; a phone stores a portrait photo
+    sideways with 6): EXIF's tag, or XMP's where EXIF has none, read as ``ImageOps.exif_transpose`` reads it; a
+    value outside 1..8 counts as 1, as that function ignores it."""
+    orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    return orientation if orientation in range(1, 9) else 1
+
+
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """:func:`to_rgb` of the image as it is meant to be seen: turned by its EXIF orientation, as
+    ``ImageOps.exif_transpose`` turns it (a new image where it turns; ``img`` itself is never changed)."""
+    return to_rgb(ImageOps.exif_transpose(img) if exif_orientation(img) != 1 else img)
+
+
 def _array_to_l(values: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
 
@@ -50,11 +64,11 @@ SKIP_HINT = "to drop unreadable images and list them, run with --skip-bad-images
 
 # What PIL raises on a missing, truncated, corrupt or non-image file (struct.error, SyntaxError and
 # ValueError come out of some broken PNG/TIFF headers; DecompressionBombError is not an OSError).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Open an image file, decode all of it and return it as an RGB PIL image.
+    """Open an image file, decode all of it and return it upright (its EXIF orientation applied) as an RGB PIL image.
 
     Raises:
         BadImageError (an OSError): ``"<path>: cannot read image (<reason>)"``, on one line, for a
@@ -64,10 +78,10 @@ def load_rgb(path: str) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()  # decode now: the file closes on leaving this block, and truncation shows here
-            return to_rgb(img)
+            return upright_rgb(img)
     except FileNotFoundError:
         raise BadImageError(f"{path}: cannot read image (file not found)") from None
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise BadImageError(f"{path}: cannot read image ({reason})") from exc
 

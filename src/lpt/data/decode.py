@@ -3,10 +3,13 @@
 The exact path (``data.decode=exact``) decodes every pixel of an image file, then torchvision's RandomResizedCrop
 cuts a box out of it and resizes the box to ``img_size``. On an 800 x 600 JPEG much of that work is wasted: the box
 holds on average about half the pixels, and resizing a large box costs as much as decoding. Here the box is drawn
-first, from the image's size in the file header and by the very calls the exact path makes (:class:`CropDraw`, so
+first, from the image's size in the file header (its sides swapped where its EXIF orientation turns it by a
+quarter) and by the very calls the exact path makes (:class:`CropDraw`, so
 for one augmentation key the box and the flip are the same); libjpeg-turbo then decodes the file at the smallest of
 its DCT scales 1, 1/2, 1/4, 1/8 at which the box still spans ``img_size`` pixels both ways; the box, mapped onto that
-image, is resized to ``img_size`` and flipped.
+image, is resized to ``img_size`` and flipped. A photo stored sideways or mirrored (EXIF orientation 2..8) has its
+box drawn on the image as shown, mapped onto the stored image for decoding, and its decoded pixels turned upright
+before the resize, as ``ImageOps.exif_transpose`` turns the exact path's image.
 
 The decode reads only the box's region where lpt's C extension ``_jpegcrop`` was built (it needs libjpeg-turbo's
 headers at install): no inverse DCT outside the box, no entropy decoding below it, the same pixels as a whole decode.
@@ -22,6 +25,7 @@ them, and cropped the same way.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +38,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lpt.config import DataConfig
-from lpt.data.datasets import FileImageDataset, load_rgb
+from lpt.data.datasets import DECODE_ERRORS, FileImageDataset, exif_orientation, load_rgb
 from lpt.data.transforms import rrc_flip
 
 try:
@@ -47,6 +51,13 @@ RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BI
 REDUCTIONS = (8, 4, 2)
 # JPEG colour spaces decoded by simplejpeg (and nvJPEG); CMYK and YCCK go through PIL, which knows Adobe's inverted CMYK
 DECODED_COLOURS = ("YCbCr", "Gray")
+
+
+# EXIF orientation -> (transpose, flip rows, flip columns): the image as shown is the stored one transposed (rows and
+# columns swapped) if so, then flipped. Pillow's ImageOps.exif_transpose: 2 FLIP_LEFT_RIGHT, 3 ROTATE_180,
+# 4 FLIP_TOP_BOTTOM, 5 TRANSPOSE, 6 ROTATE_270, 7 TRANSVERSE, 8 ROTATE_90 (tests/test_decode.py checks each).
+ORIENTATIONS = {1: (False, False, False), 2: (False, False, True), 3: (False, True, True), 4: (False, True, False),
+                5: (True, False, False), 6: (True, False, True), 7: (True, True, True), 8: (True, True, False)}
 
 
 class Box(NamedTuple):
@@ -86,15 +97,52 @@ def read_bytes(path: str) -> bytes:
         return b""
 
 
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """``(height, width)`` from the header of a JPEG that simplejpeg decodes to RGB (YCbCr or grey); None otherwise."""
+class JpegHeader(NamedTuple):
+    """What a JPEG's header says: its stored size and its EXIF orientation (1..8; 1: stored as shown)."""
+
+    height: int
+    width: int
+    orientation: int = 1
+
+    @property
+    def upright(self) -> tuple[int, int]:
+        """``(height, width)`` of the image as shown: orientations 5..8 swap the sides."""
+        return (self.width, self.height) if ORIENTATIONS[self.orientation][0] else (self.height, self.width)
+
+
+def jpeg_header(data: bytes) -> JpegHeader | None:
+    """The header of a JPEG that simplejpeg decodes to RGB (YCbCr or grey); None otherwise. The orientation is read
+    by PIL from the header alone (:func:`lpt.data.datasets.exif_orientation`, as the exact path reads it)."""
     if not data:
         return None
     try:
         height, width, colours, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return None
-    return (height, width) if colours in DECODED_COLOURS else None
+    if colours not in DECODED_COLOURS:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return JpegHeader(height, width, exif_orientation(image))
+    except DECODE_ERRORS:  # a header PIL cannot read: the exact path's decoder names the file
+        return None
+
+
+def stored_box(box: Box, header: JpegHeader) -> Box:
+    """The box of the stored image that ``box`` of the image as shown covers."""
+    transpose, flip_rows, flip_cols = ORIENTATIONS[header.orientation]
+    height, width = header.upright
+    top = height - box.top - box.height if flip_rows else box.top
+    left = width - box.left - box.width if flip_cols else box.left
+    return Box(left, top, box.width, box.height) if transpose else Box(top, left, box.height, box.width)
+
+
+def turn_upright(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Stored pixels ``[C, H, W]`` as shown: transposed and flipped as ``ImageOps.exif_transpose`` turns them."""
+    transpose, flip_rows, flip_cols = ORIENTATIONS[orientation]
+    pixels = pixels.transpose(1, 2) if transpose else pixels
+    dims = [d for d, flip in ((1, flip_rows), (2, flip_cols)) if flip]
+    return pixels.flip(dims) if dims else pixels
 
 
 def decode_reduced(data: bytes, size: tuple[int, int], reduction: int) -> np.ndarray | None:
@@ -141,49 +189,87 @@ def decode_box(data: bytes, size: tuple[int, int], box: Box, reduction: int) -> 
     return pixels, box._replace(top=box.top - y0 * reduction, left=box.left - x0 * reduction)
 
 
-def resize_box(pixels: np.ndarray, box: Box, reduction: int, size: int, interpolation: str) -> torch.Tensor:
-    """``box`` (in full-image pixels) of ``pixels`` (the image decoded at ``1 / reduction``, [H, W, 3]) resized to
-    ``size`` x ``size``: uint8 [3, size, size], strided as [size, size, 3] (collating copies it anyway).
+class Region(NamedTuple):
+    """A box in pixels of a decoded image; its edges are fractional where the image was decoded at a reduced scale."""
 
-    At full scale with torch's antialiased resize, 3-4x faster than PIL's and within 1 grey level of it. On a reduced
-    image the box has fractional edges, which PIL's ``resize(box=...)`` takes exactly; torch's kernel anchors its
-    grid at a whole pixel (a half-pixel shift costs more on noisy images than PIL's time saves). Either resamples
-    the box's pixels only, as the exact path's crop-then-resize does."""
-    if reduction == 1:
-        crop = torch.from_numpy(pixels).permute(2, 0, 1)[:, box.top:box.top + box.height, box.left:box.left + box.width]
-        return torch.nn.functional.interpolate(crop[None], size=(size, size), mode=interpolation, antialias=True)[0]
+    top: float
+    left: float
+    bottom: float
+    right: float
+
+
+def box_hull(pixels: np.ndarray, box: Box, reduction: int) -> tuple[torch.Tensor, Region]:
+    """The whole pixels of ``pixels`` (the image decoded at ``1 / reduction``, [H, W, 3]) that ``box`` (in full-image
+    pixels) covers, as uint8 [3, h, w] (strided as [h, w, 3]), and the box in them."""
     top, left = box.top / reduction, box.left / reduction
     bottom, right = (box.top + box.height) / reduction, (box.left + box.width) / reduction
     y0, x0 = math.floor(top), math.floor(left)
-    hull = Image.fromarray(pixels[y0:math.ceil(bottom), x0:math.ceil(right)])
-    out = hull.resize((size, size), RESAMPLE[interpolation], box=(left - x0, top - y0, right - x0, bottom - y0))
+    hull = torch.from_numpy(pixels[y0:math.ceil(bottom), x0:math.ceil(right)]).permute(2, 0, 1)
+    return hull, Region(top - y0, left - x0, bottom - y0, right - x0)
+
+
+def hull_upright(hull: torch.Tensor, region: Region, orientation: int) -> tuple[torch.Tensor, Region]:
+    """A stored image's hull ``[3, h, w]`` and the region in it, both as shown (:func:`turn_upright`)."""
+    transpose, flip_rows, flip_cols = ORIENTATIONS[orientation]
+    if transpose:
+        region = Region(region.left, region.top, region.right, region.bottom)
+    height, width = (hull.shape[2], hull.shape[1]) if transpose else (hull.shape[1], hull.shape[2])
+    if flip_rows:
+        region = region._replace(top=height - region.bottom, bottom=height - region.top)
+    if flip_cols:
+        region = region._replace(left=width - region.right, right=width - region.left)
+    return turn_upright(hull, orientation), region
+
+
+def resize_region(hull: torch.Tensor, region: Region, reduction: int, size: int, interpolation: str) -> torch.Tensor:
+    """``region`` of ``hull`` (uint8 [3, h, w], decoded at ``1 / reduction``) resized to ``size`` x ``size``: uint8
+    [3, size, size], strided as [size, size, 3] (collating copies it anyway).
+
+    At full scale with torch's antialiased resize, 3-4x faster than PIL's and within 1 grey level of it (on the
+    channels-last layout, whatever the orientation turned, so that its uint8 kernel is the one that runs). On a
+    reduced image the region has fractional edges, which PIL's ``resize(box=...)`` takes exactly; torch's kernel
+    anchors its grid at a whole pixel (a half-pixel shift costs more on noisy images than PIL's time saves). Either
+    resamples the region's pixels only, as the exact path's crop-then-resize does."""
+    if reduction == 1:
+        top, left, bottom, right = map(int, region)  # whole pixels at full scale
+        crop = hull[None, :, top:bottom, left:right].contiguous(memory_format=torch.channels_last)
+        return torch.nn.functional.interpolate(crop, size=(size, size), mode=interpolation, antialias=True)[0]
+    image = Image.fromarray(np.ascontiguousarray(hull.permute(1, 2, 0).numpy()))
+    box = (region.left, region.top, region.right, region.bottom)
+    out = image.resize((size, size), RESAMPLE[interpolation], box=box)
     return torch.from_numpy(np.array(out)).permute(2, 0, 1)
 
 
 class FastCrop:
     """``data.decode=fast``: an image file's path -> its training crop, uint8 [3, img_size, img_size] (the box and
-    flip of :class:`CropDraw`, the JPEG decoded at the scale the box needs; module docstring)."""
+    flip of :class:`CropDraw`, drawn on the image as shown, the JPEG decoded at the scale the box needs; module
+    docstring)."""
 
     def __init__(self, cfg: DataConfig):
         self.draw, self.size, self.interpolation = CropDraw(cfg), cfg.img_size, cfg.interpolation
 
     def __call__(self, path: str) -> torch.Tensor:
         data = read_bytes(path)
-        return self.crop(path, data, jpeg_size(data))
+        return self.crop(path, data, jpeg_header(data))
 
-    def crop(self, path: str, data: bytes, size: tuple[int, int] | None) -> torch.Tensor:
-        """The crop of the file at ``path`` whose bytes are ``data`` and whose :func:`jpeg_size` is ``size``."""
+    def crop(self, path: str, data: bytes, header: JpegHeader | None) -> torch.Tensor:
+        """The crop of the file at ``path`` whose bytes are ``data`` and whose :func:`jpeg_header` is ``header``: the
+        box drawn on the image as shown, mapped onto the stored image, decoded there, then turned upright."""
         pixels = None
-        if size is not None:
-            box, flip = self.draw(*size)
+        if header is not None:
+            box, flip = self.draw(*header.upright)
             reduction = reduction_for(box, self.size)
-            pixels, box = decode_box(data, size, box, reduction)
+            stored = stored_box(box, header)
+            pixels, stored = decode_box(data, (header.height, header.width), stored, reduction)
         if pixels is None:  # decoded whole by PIL, as the exact path decodes it (or named unreadable)
-            image = load_rgb(path)
-            if size is None:
+            image = load_rgb(path)  # upright
+            if header is None:
                 box, flip = self.draw(image.height, image.width)
-            pixels, reduction = np.array(image), 1
-        out = resize_box(pixels, box, reduction, self.size, self.interpolation)
+            hull, region = box_hull(np.array(image), box, 1)
+            reduction = 1
+        else:
+            hull, region = hull_upright(*box_hull(pixels, stored, reduction), header.orientation)
+        out = resize_region(hull, region, reduction, self.size, self.interpolation)
         return out.flip(-1) if flip else out
 
 

@@ -1,11 +1,13 @@
 """Training crops decoded on the device (``data.decode=gpu``), for machines whose cores cannot decode fast enough.
 
 Loader processes only read each JPEG's bytes and draw its crop box and flip from the header's size
-(:class:`lpt.data.decode.CropDraw`: the exact path's draws). The bytes travel to the training process as they are
-(:func:`collate_encoded` keeps them as a list, since every file has its own length), and :class:`DeviceDecode`, the
-training stream's ``finish``, decodes the whole batch on the device in one ``torchvision.io.decode_jpeg`` call
-(nvJPEG on CUDA), crops the same boxes at full scale, resizes them there (antialiased, the run's interpolation) and
-flips them, stacks uint8 [B, 3, S, S] and normalises as :class:`lpt.data.transforms.BatchNormalize` does.
+(:class:`lpt.data.decode.CropDraw`: the exact path's draws, on the image as its EXIF orientation shows it). The bytes
+travel to the training process as they are (:func:`collate_encoded` keeps them as a list, since every file has its
+own length), and :class:`DeviceDecode`, the training stream's ``finish``, decodes the whole batch on the device in
+one ``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA) as stored, crops the same boxes at full scale (mapped onto
+the stored image, the region then turned upright as ``ImageOps.exif_transpose`` turns the exact path's image),
+resizes them there (antialiased, the run's interpolation) and flips them, stacks uint8 [B, 3, S, S] and normalises
+as :class:`lpt.data.transforms.BatchNormalize` does.
 
 Files nvJPEG is not given (PNG, CMYK JPEGs: those simplejpeg does not decode either) are decoded and cropped by the
 fast path in the loader process and travel as crops. Where the device cannot decode (no CUDA, or no nvJPEG in this
@@ -25,16 +27,19 @@ from torchvision import io as tvio
 
 from lpt.config import DataConfig
 from lpt.data.datasets import SKIP_HINT, BadImageError
-from lpt.data.decode import Box, FastCrop, ends_whole, jpeg_size, read_bytes, whole_decode_note
+from lpt.data.decode import (Box, FastCrop, JpegHeader, ends_whole, jpeg_header, read_bytes, stored_box, turn_upright,
+                             whole_decode_note)
 from lpt.data.transforms import BatchNormalize
 from lpt.utils import log
 
 
 @dataclass
 class EncodedImage:
-    """One training image as a loader process sends it: the JPEG file's bytes, its crop box and flip."""
+    """One training image as a loader process sends it: the JPEG file's bytes and header, its crop box (on the image
+    as shown: the device decodes it as stored, and turns the box's region upright) and flip."""
 
     data: torch.Tensor  # uint8 [file size]
+    header: JpegHeader
     box: Box
     flip: bool
     path: str  # named when the device cannot decode it
@@ -50,11 +55,11 @@ class EncodedCrop:
 
     def __call__(self, path: str) -> EncodedImage | torch.Tensor:
         data = read_bytes(path)
-        size = jpeg_size(data)
-        if size is None or not ends_whole(data):
-            return self.fast.crop(path, data, size)
-        box, flip = self.fast.draw(*size)
-        return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), box, flip, path)
+        header = jpeg_header(data)
+        if header is None or not ends_whole(data):
+            return self.fast.crop(path, data, header)
+        box, flip = self.fast.draw(*header.upright)
+        return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), header, box, flip, path)
 
 
 class EncodedBatch:
@@ -125,10 +130,12 @@ class DeviceDecode:
         return self.normalize(torch.stack(crops))
 
     def crop(self, image: torch.Tensor, encoded: EncodedImage) -> torch.Tensor:
-        """The box of a decoded image, resized (in float32: CUDA has no uint8 antialiased resize) and rounded back to
-        uint8 as PIL rounds, then flipped."""
-        b = encoded.box
-        region = image[:, b.top:b.top + b.height, b.left:b.left + b.width].float()
+        """The box of a decoded image (stored as the file stores it: the box is mapped onto it and the region turned
+        upright), resized (in float32: CUDA has no uint8 antialiased resize) and rounded back to uint8 as PIL
+        rounds, then flipped."""
+        b = stored_box(encoded.box, encoded.header)
+        region = image[:, b.top:b.top + b.height, b.left:b.left + b.width]
+        region = turn_upright(region, encoded.header.orientation).float().contiguous()
         out = torch.nn.functional.interpolate(region[None], size=(self.size, self.size), mode=self.mode,
                                               antialias=True)[0]
         out = out.round_().clamp_(0, 255).to(torch.uint8)
