@@ -20,7 +20,9 @@ from lpt.data import (
     ArrayImageDataset, ClassBalancedSampler, InstanceSampler, build_datasets, build_train_stream, build_transform,
     class_counts, longtail_counts, longtail_indices, read_list_file,
 )
+from lpt.data.build import build_train_labels
 from lpt.data.datasets import load_rgb
+from lpt.data.folders import IMAGE_EXTENSIONS
 from lpt.data.idx import read_idx
 from lpt.data.sources import FASHION_MNIST_CLASSES, read_class_names
 
@@ -330,6 +332,50 @@ def test_image_folder_test_class_not_in_training(tmp_path):
 def test_image_folder_missing_root(tmp_path):
     with pytest.raises(ConfigError, match=rf"{tmp_path / 'train'} .* is not a folder"):
         build_datasets(small_cfg(source="folder", root=str(tmp_path)))
+
+
+def stray_entries(split: Path) -> None:
+    """What a notebook, a Mac and a zip leave in an ImageFolder split: a checkpoint folder (sorted before every
+    class), a ``__MACOSX`` folder, AppleDouble companions, a hidden file, notes, a loose file."""
+    png(split / ".ipynb_checkpoints" / "1.png")
+    png(split / "__MACOSX" / "bee" / "._1.png")
+    (split / "bee" / "._1.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble, not an image")
+    (split / "bee" / ".DS_Store").write_bytes(b"\x00")
+    (split / "bee" / "notes.txt").write_text("taken in May")
+    (split / "README.md").write_text("my data")
+
+
+def test_image_folder_skips_hidden_and_macos_entries_and_says_so(tmp_path, caplog):
+    for cls in ("ant", "bee"):
+        png(tmp_path / "train" / cls / "1.png")
+        png(tmp_path / "val" / cls / "1.png")
+    stray_entries(tmp_path / "train")
+    stray_entries(tmp_path / "val")
+    with caplog.at_level("WARNING", logger="lpt"):
+        splits = build_datasets(small_cfg(source="folder", root=str(tmp_path)))
+    assert splits.classes == ["ant", "bee"] and splits.train_counts == [1, 1]  # no '.ipynb_checkpoints' class
+    assert splits.train.targets == [0, 1] and splits.test.targets == [0, 1]
+    assert [Path(p).name for p in splits.train.paths] == ["1.png", "1.png"]  # no '._1.png'
+    train = tmp_path / "train"
+    assert f"{train}: skipped 4 hidden or macOS entries (.ipynb_checkpoints, __MACOSX, bee/.DS_Store, ...); " \
+           "1 file that is not an image (bee/notes.txt); 1 file outside the class folders (README.md); " \
+           "images: .jpg" in caplog.text
+    assert caplog.text.count(": skipped ") == 2  # once per split
+    assert build_train_labels(small_cfg(source="folder", root=str(tmp_path))) == ([0, 1], ["ant", "bee"])
+
+
+def test_image_folder_trains_on_gifs_and_every_format_pillow_reads(tmp_path):
+    folder = tmp_path / "train" / "a"
+    folder.mkdir(parents=True)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    formats = Image.registered_extensions()
+    for i, ext in enumerate(IMAGE_EXTENSIONS):  # the extension in either case
+        (image.convert("1") if ext == ".pbm" else image).save(folder / f"{i}{ext.upper() if i % 2 else ext}",
+                                                              format=formats[ext])
+    png(tmp_path / "val" / "a" / "1.png")
+    splits = build_datasets(small_cfg(source="folder", root=str(tmp_path)))
+    assert sorted(Path(p).suffix.lower() for p in splits.train.paths) == sorted(IMAGE_EXTENSIONS)  # GIF among them
+    assert all(splits.train[i][0].shape == (3, 8, 8) for i in range(len(splits.train)))
 
 
 # ----------------------------------------------------------------------------- images and transforms

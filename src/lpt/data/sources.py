@@ -20,6 +20,7 @@ import numpy as np
 
 from lpt.config import ConfigError
 from lpt.data.datasets import ArrayImageDataset, FileImageDataset, ImageDataset, Transform
+from lpt.data.folders import IMAGE_EXTENSIONS, Skipped, class_folders, image_files
 from lpt.data.idx import read_idx
 from lpt.utils import log
 
@@ -538,24 +539,14 @@ def inat_train_labels(train_json: str) -> tuple[list[int], list[str]]:
 # ----------------------------------------------------------------------------- ImageFolder
 
 
-def _folder_samples(folder: Path, class_to_idx: dict[str, int] | None, allow_empty: bool) -> list[tuple[str, int]]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
-
-    try:
-        return make_dataset(str(folder), class_to_idx, IMG_EXTENSIONS, allow_empty=allow_empty)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{folder}: {exc}".replace("\n", " ")) from None
-
-
-def _folder_classes(folder: Path, key: str) -> list[str]:
-    from torchvision.datasets.folder import find_classes
-
+def _folder_classes(folder: Path, key: str, skipped: Skipped | None = None) -> list[str]:
+    """The class folders of an ImageFolder split (:func:`lpt.data.folders.class_folders`: hidden ones left out)."""
     if not folder.is_dir():
         raise ConfigError(f"image folder {folder} ({key}) is not a folder")
-    try:
-        return find_classes(str(folder))[0]
-    except FileNotFoundError:
-        raise ConfigError(f"image folder {folder} ({key}) has no class subfolders") from None
+    classes = class_folders(folder, Skipped() if skipped is None else skipped)
+    if not classes:
+        raise ConfigError(f"image folder {folder} ({key}) has no class subfolders")
+    return classes
 
 
 def _gives_labels(rows: list[list[str]]) -> bool:
@@ -630,9 +621,9 @@ def folder_classes(root: str, train_dir: str, class_index: str = "") -> tuple[di
     return {c: i for i, c in enumerate(classes)}, classes, f"training classes of {train_root}"
 
 
-def _folder_labels(folder: Path, key: str, label_of: dict[str, int], known: str) -> dict[str, int]:
+def _folder_labels(folder: Path, key: str, label_of: dict[str, int], known: str, skipped: Skipped) -> dict[str, int]:
     """Label of each class subfolder of ``folder``; every subfolder must be a known class."""
-    found = _folder_classes(folder, key)
+    found = _folder_classes(folder, key, skipped)
     extra = sorted(set(found) - set(label_of))
     if extra:
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
@@ -642,8 +633,19 @@ def _folder_labels(folder: Path, key: str, label_of: dict[str, int], known: str)
 
 def _folder_dataset(folder: Path, key: str, label_of: dict[str, int], known: str, classes: list[str],
                     transform: Transform | None, allow_empty: bool) -> FileImageDataset:
-    samples = _folder_samples(folder, _folder_labels(folder, key, label_of, known), allow_empty=allow_empty)
-    return FileImageDataset([p for p, _ in samples], [y for _, y in samples], classes, transform)
+    """The images of an ImageFolder split, class folders in name order (torchvision's ``make_dataset`` order); what
+    its listing left out (:mod:`lpt.data.folders`) is said in one line."""
+    skipped = Skipped()
+    files = {name: image_files(folder / name, skipped) for name in sorted(_folder_labels(folder, key, label_of, known,
+                                                                                          skipped))}
+    empty = [name for name, paths in files.items() if not paths]
+    if empty and not allow_empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise ConfigError(f"{folder}: class folder '{empty[0]}'{more} holds no image file "
+                          f"({', '.join(IMAGE_EXTENSIONS)}; hidden files are skipped)")
+    skipped.say(folder)
+    return FileImageDataset([p for paths in files.values() for p in paths],
+                            [label_of[name] for name, paths in files.items() for _ in paths], classes, transform)
 
 
 def _check_index_classes(class_index: str, train: FileImageDataset, train_root: Path) -> None:

@@ -13,20 +13,21 @@ from tqdm import tqdm
 
 from lpt.config import ConfigError
 from lpt.data.datasets import load_rgb, to_rgb
+from lpt.data.folders import Skipped, image_files
 from lpt.evaluation import Views, ensemble_logits
 from lpt.model.lpt import LPT
 from lpt.utils import usable_cores
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-
-
 def expand_images(items: Iterable[str]) -> list[Path]:
-    """Files as given, folders expanded to the image files below them (sorted)."""
+    """Files as given, folders expanded to the image files below them, as training lists a class folder
+    (:func:`lpt.data.folders.image_files`: hidden entries and other extensions left out, and said)."""
     paths: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            skipped = Skipped()
+            paths += map(Path, image_files(path, skipped))
+            skipped.say(path)
         elif path.is_file():
             paths.append(path)
         else:
