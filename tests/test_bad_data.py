@@ -215,14 +215,18 @@ BAD_TRAIN = ["rgb.png 0", "gray.png 1", "caf\u00e9 \u6771\u4eac/\u00fcber 1.png 
              "cmyk.jpg 0", "notes.jpg 1", "sixteen.png 1"]
 
 
-def test_data_check_stops_at_first_bad_image(tmp_path, corpus, capsys):
-    overrides = _lists(tmp_path, BAD_TRAIN, ["palette.png 0", "corrupt.png 1"])
-    assert cli.main(["--quiet", "data-check", "--config", "demo", "data.source=list", *overrides]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"lpt data-check: error: {tmp_path / 'train.txt'}:4: {corpus / 'truncated.jpg'}: "
-                          "cannot read image (") and "\n" not in err
-    assert err.endswith("); to drop unreadable images and list them, run with --skip-bad-images "
-                        "(data.skip_bad_images=true)")
+def test_data_check_lists_every_bad_image_and_fails(tmp_path, corpus, capsys):
+    overrides = _lists(tmp_path, BAD_TRAIN + ["missing.png 0"], ["palette.png 0", "corrupt.png 1"])
+    assert cli.main(["--quiet", "data-check", "--config", "demo", "data.source=list", *overrides]) == 1
+    captured = capsys.readouterr()
+    out = captured.out.strip().splitlines()
+    assert [line.split(": ")[0] for line in out[:-1]] == [  # all four, not the first alone
+        f"{tmp_path / 'train.txt'}:4", f"{tmp_path / 'train.txt'}:6", f"{tmp_path / 'train.txt'}:8",
+        f"{tmp_path / 'test.txt'}:2"]
+    assert out[0].startswith(f"{tmp_path / 'train.txt'}:4: {corpus / 'truncated.jpg'}: cannot read image (")
+    assert "file not found" in out[2] and not captured.err
+    assert out[-1] == ("checked 10 images (train 8, test 2): 4 unreadable; to drop unreadable images and list them, "
+                       "run with --skip-bad-images (data.skip_bad_images=true)")
 
 
 def test_data_check_skip_lists_every_bad_image(tmp_path, corpus, capsys):
@@ -239,8 +243,8 @@ def test_data_check_skip_lists_every_bad_image(tmp_path, corpus, capsys):
 def test_data_check_on_a_list_file(tmp_path, corpus, capsys):
     (tmp_path / "all.txt").write_text("rgb.png 0\nnotes.jpg 0\ngray.png 1\n", encoding="utf-8")
     argv = ["--quiet", "data-check", "--list", str(tmp_path / "all.txt"), "--root", str(corpus)]
-    assert cli.main(argv) == 2
-    assert f"all.txt:2: {corpus / 'notes.jpg'}: cannot read image" in capsys.readouterr().err
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'all.txt'}:2: {corpus / 'notes.jpg'}: cannot read image")
     report = check_list_file(str(tmp_path / "all.txt"), str(corpus), skip_bad_images=True)
     assert [b.origin for b in report.bad] == [f"{tmp_path / 'all.txt'}:2"]
     assert report.summary() == "checked 3 images (list 3): 1 unreadable, skipped"

@@ -202,12 +202,47 @@ def test_run_predict_decodes_files_in_loader_processes_in_order(finished_run, tm
     assert main(["predict", "--run", str(copy), str(folder)]) == 2
     err = capsys.readouterr().err  # the random backbone's warning, then the error in one line
     assert "Traceback" not in err and err.splitlines()[-1].startswith(f"lpt predict: error: {paths[3]}: cannot read")
+    assert main(["predict", "--run", str(copy), str(folder), "--skip-bad-images", "--topk", "1"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 64 and f"{paths[3]}:" not in captured.out  # the 64 readable ones
+    assert f"lpt WARNING skipped {paths[3]}: cannot read image (" in captured.err
+
+
+def test_run_transform_and_predict_take_any_pil_image_one_path_and_refuse_none(finished_run, tmp_path, capsys):
+    run = lpt.load_run(finished_run)
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 36, 3), dtype=np.uint8))
+    for image in (rgb.convert("RGBA"), rgb.convert("CMYK"), rgb.convert("P"), rgb.convert("L")):
+        assert torch.equal(run.transform(image), run.transform(image.convert("RGB"))), image.mode
+    # a photo stored sideways (EXIF orientation 6), as a PIL image and as a file: read as the image it shows
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgb.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+    shown = Image.open(tmp_path / "sideways.jpg")
+    upright = Image.fromarray(np.array(shown.transpose(Image.Transpose.ROTATE_270)))  # exif_transpose's turn, no EXIF
+    upright.save(tmp_path / "upright.png")
+    assert torch.equal(run.transform(shown), run.transform(upright))
+    expected = run.predict([tmp_path / "upright.png"])
+    torch.testing.assert_close(run.predict([shown]), expected)
+    torch.testing.assert_close(run.predict(str(tmp_path / "sideways.jpg")), expected)  # one path, not its letters
+    torch.testing.assert_close(run.predict(tmp_path / "sideways.jpg"), expected)
+    with pytest.raises(lpt.config.ConfigError, match=r"^no images to predict: give image paths"):
+        run.predict([])
+    # lpt predict on a folder: hidden entries left out, and said
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    upright.save(tmp_path / ".ipynb_checkpoints" / "upright.png")
+    (tmp_path / "._upright.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    capsys.readouterr()
+    assert main(["predict", "--run", str(finished_run), str(tmp_path), "--topk", "1"]) == 0
+    captured = capsys.readouterr()
+    assert [line.split(":")[0] for line in captured.out.splitlines()] == [str(tmp_path / "sideways.jpg"),
+                                                                          str(tmp_path / "upright.png")]
+    assert "skipped 2 hidden or macOS entries (.ipynb_checkpoints, ._upright.png)" in captured.err
 
 
 def test_the_run_records_its_evaluation_transform(finished_run):
     run = lpt.load_run(finished_run)
     recorded = json.loads((finished_run / "run.json").read_text())["eval_transform"]
-    assert recorded == str(run.transform) and "CenterCrop(size=(28, 28))" in recorded
+    assert recorded == str(run.transform.transforms[-1]) and "CenterCrop(size=(28, 28))" in recorded
 
 
 def test_match_on_a_phase1_model_is_refused(finished_run):

@@ -139,10 +139,13 @@ def _zero_shot(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from lpt.run.load import load_run
-    from lpt.run.predict import expand_images, predict_topk
+    from lpt.run.predict import expand_images, predict_topk, readable_images
 
     run = load_run(args.run)
-    rows = predict_topk(run, expand_images(args.images), k=args.topk, tta=args.tta)
+    paths = expand_images(args.images)
+    if args.skip_bad_images:
+        paths = readable_images(paths, run.config.data.num_workers)
+    rows = predict_topk(run, paths, k=args.topk, tta=args.tta)
     if args.out:
         with open(args.out, "w", newline="") as fh:
             writer = csv.writer(fh)
@@ -185,7 +188,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     for bad in report.bad:
         print(bad.line())
     print(report.summary())
-    return 0
+    return 0 if report.passed else 1
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
@@ -338,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--out", help="write a CSV file instead of printing")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave unreadable images out, naming each, instead of stopping at the first")
     _tta_option(p)
     p.set_defaults(func=cmd_predict)
 
@@ -365,12 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.train_list=...")
     p.set_defaults(func=cmd_data_stats)
 
-    p = sub.add_parser("data-check", help="decode every image of a config's splits (or of a list file); "
-                       "stop at the first unreadable one")
+    p = sub.add_parser("data-check", help="decode every image of a config's splits (or of a list file) and list "
+                       "every unreadable one; exit 1 if there is one, unless --skip-bad-images")
     p.add_argument("--config", help="preset or YAML whose data.* splits to check")
     p.add_argument("--list", metavar="FILE", help="a 'relative/path label' list file to check instead")
     p.add_argument("--root", default="", metavar="DIR", help="with --list: folder the listed paths are relative to")
-    p.add_argument("--skip-bad-images", action="store_true", help="list every unreadable image and exit 0")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="unreadable images will be skipped (as lpt train --skip-bad-images skips them): exit 0")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=/data")
     p.set_defaults(func=cmd_data_check)
 

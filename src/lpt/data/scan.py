@@ -1,7 +1,8 @@
 """Scan the image files of a dataset: open, decode and convert each one, as training would.
 
 ``data.skip_bad_images`` drops the unreadable ones before training (listing them in
-``bad_images.txt``); ``lpt data-check`` (``check.py``) reports them before a run.
+``bad_images.txt``); ``lpt data-check`` (``check.py``) lists them before a run, and ``lpt predict
+--skip-bad-images`` leaves them out.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import DataLoader, Dataset
 
-from lpt.data.datasets import SKIP_HINT, BadImageError, FileImageDataset, ImageDataset, load_rgb
+from lpt.data.datasets import BadImageError, FileImageDataset, ImageDataset, load_rgb
 
 
 @dataclass(frozen=True)
@@ -59,29 +60,18 @@ def _results(probe: _Probe, num_workers: int):
     return (r for batch in loader for r in batch)
 
 
-def scan_images(dataset: ImageDataset, split: str, num_workers: int = 0, stop_at_first: bool = False) -> list[BadImage]:
+def scan_images(dataset: ImageDataset, split: str, num_workers: int = 0) -> list[BadImage]:
     """The unreadable images of ``dataset`` (an in-memory dataset has none), in dataset order.
 
     Args:
         dataset: the dataset to scan; only a :class:`FileImageDataset` reads files.
-        split: name used in the results (``"train"``, ``"test"``).
+        split: name used in the results (``"train"``, ``"test"``, ``"predict"``).
         num_workers: decoding processes; 0 decodes in this process.
-        stop_at_first: raise on the first unreadable image instead of listing them all.
-
-    Raises:
-        BadImageError: with ``stop_at_first``, naming the list line and the file of the first bad image.
     """
     if not isinstance(dataset, FileImageDataset):
         return []
-    bad = []
-    for index, message in enumerate(_results(_Probe(dataset.paths), num_workers)):
-        if message is None:
-            continue
-        found = BadImage(split, index, dataset.origin(index), message)
-        if stop_at_first:
-            raise BadImageError(f"{found.line()}; {SKIP_HINT}")
-        bad.append(found)
-    return bad
+    return [BadImage(split, index, dataset.origin(index), message)
+            for index, message in enumerate(_results(_Probe(dataset.paths), num_workers)) if message is not None]
 
 
 def drop_bad_images(dataset: ImageDataset, split: str, num_workers: int = 0) -> tuple[ImageDataset, list[BadImage]]:

@@ -7,9 +7,11 @@ Resizing is bicubic by default, the interpolation of timm's pretrained ViT confi
 from __future__ import annotations
 
 import torch
+from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
 from lpt.config import ConfigError, DataConfig, test_resize_of
+from lpt.data.datasets import upright_rgb
 
 INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
@@ -97,6 +99,18 @@ def build_transform(cfg: DataConfig, train: bool, normalize: bool = True, expand
         *(finish if normalize else []),
         v2.ToPureTensor(),
     ])
+
+
+class UprightRGB:
+    """Any PIL image (RGBA, CMYK, palette, 16-bit, EXIF-rotated) -> the RGB image as shown
+    (:func:`lpt.data.datasets.upright_rgb`): the first step of a transform given users' own images (``run.transform``),
+    where datasets hand over such images already."""
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return upright_rgb(image)
+
+    def __repr__(self) -> str:
+        return "UprightRGB()"
 
 
 class BatchNormalize:

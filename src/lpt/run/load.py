@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchvision.transforms import v2
 
 from lpt.config import CHOICES, Config, ConfigError, apply_overrides, from_dict, to_dict
 from lpt.data import build_test_dataset, build_transform
+from lpt.data.transforms import UprightRGB
 from lpt.distributed import DistContext
 from lpt.evaluation import VIEWS, Outputs, evaluate, predictions, tta_evaluation, tta_transform
 from lpt.methods import get_method
@@ -43,9 +45,10 @@ class Run:
     path: Path
 
     @property
-    def transform(self):
-        """The evaluation transform of the run (PIL image -> normalised float tensor ``[3, S, S]``)."""
-        return build_transform(self.config.data, train=False)
+    def transform(self) -> v2.Compose:
+        """The evaluation transform of the run (any PIL image -> normalised float tensor ``[3, S, S]``): the image
+        turned to RGB as shown (:class:`lpt.data.transforms.UprightRGB`), then run.json's ``eval_transform``."""
+        return v2.Compose([UprightRGB(), build_transform(self.config.data, train=False)])
 
     @property
     def logit_scale(self) -> float:
@@ -56,12 +59,12 @@ class Run:
             return float(files.read_text_embeddings(self.path)[1]["logit_scale"])
         return self.config.loss.scale
 
-    def predict(self, images: Sequence[Any] | torch.Tensor, batch_size: int = 64, tta: str | None = None,
+    def predict(self, images: Sequence[Any] | str | Path | torch.Tensor, batch_size: int = 64, tta: str | None = None,
                 workers: int = 0, progress: bool = False) -> torch.Tensor:
-        """Class probabilities ``[N, C]`` of image paths, PIL images, or a batch already made by ``transform``,
-        under the test-time ensembling ``tta`` (none, flip, crops; default the run's ``config.tta``, as its
-        evaluation). ``crops`` cuts its views from the images, so it takes paths or PIL images only. ``workers``
-        loader processes decode image files; ``progress`` shows a bar on a terminal."""
+        """Class probabilities ``[N, C]`` of image paths, PIL images (one path or image: ``[1, C]``), or a batch
+        already made by ``transform``, under the test-time ensembling ``tta`` (none, flip, crops; default the run's
+        ``config.tta``, as its evaluation). ``crops`` cuts its views from the images, so it takes paths or PIL images
+        only. ``workers`` loader processes decode image files; ``progress`` shows a bar on a terminal."""
         tta = self.config.tta if tta is None else tta
         if tta not in CHOICES["tta"]:
             raise ConfigError(f"tta {tta!r}: choose from {', '.join(CHOICES['tta'])}")

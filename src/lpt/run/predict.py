@@ -12,11 +12,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lpt.config import ConfigError
-from lpt.data.datasets import load_rgb, to_rgb
+from lpt.data.datasets import FileImageDataset, load_rgb, upright_rgb
 from lpt.data.folders import Skipped, image_files
+from lpt.data.scan import scan_images
 from lpt.evaluation import Views, ensemble_logits
 from lpt.model.lpt import LPT
-from lpt.utils import usable_cores
+from lpt.utils import log, usable_cores
 
 def expand_images(items: Iterable[str]) -> list[Path]:
     """Files as given, folders expanded to the image files below them, as training lists a class folder
@@ -37,6 +38,18 @@ def expand_images(items: Iterable[str]) -> list[Path]:
     return paths
 
 
+def readable_images(paths: list[Path], workers: int = 0) -> list[Path]:
+    """``paths`` less the files that cannot be read (``lpt predict --skip-bad-images``), each named in a warning
+    line; decoded by up to ``workers`` loader processes, as :func:`lpt.data.scan.scan_images` decodes them."""
+    bad = scan_images(FileImageDataset(paths, [0] * len(paths), []), "predict", min(workers, usable_cores()))
+    for image in bad:
+        log.warning("skipped %s", image.line())
+    if len(bad) == len(paths):
+        raise ConfigError(f"none of the {len(paths)} images can be read; the first: {bad[0].line()}")
+    dropped = {b.index for b in bad}
+    return [p for i, p in enumerate(paths) if i not in dropped]
+
+
 class _Images(Dataset):
     """Image paths or PIL images as a dataset of ``transform``-ed tensors, so that loader processes can decode them."""
 
@@ -52,7 +65,7 @@ class _Images(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         item = self.items[index]
-        return self.transform(to_rgb(item) if isinstance(item, Image.Image) else load_rgb(str(item)))
+        return self.transform(upright_rgb(item) if isinstance(item, Image.Image) else load_rgb(str(item)))
 
 
 def check_batch(images: torch.Tensor, model: LPT) -> None:
@@ -73,11 +86,16 @@ def _logits(model: LPT, images: torch.Tensor, views: Views | None) -> torch.Tens
 def predict_images(model: LPT, transform: Callable, scale: float, images: Sequence[Any] | torch.Tensor,
                    batch_size: int = 64, views: Views | None = None, workers: int = 0,
                    progress: bool = False) -> torch.Tensor:
-    """Probabilities ``softmax(scale * logits)`` ``[N, C]`` on the CPU, in the order given; with ``views`` (a
+    """Probabilities ``softmax(scale * logits)`` ``[N, C]`` on the CPU, in the order given (one path or PIL image:
+    ``[1, C]``); with ``views`` (a
     test-time ensemble of :data:`lpt.evaluation.VIEWS`, its input made by ``transform``) the logits are averaged over
     the views first, as evaluation averages them. Image files are decoded by up to ``workers`` loader processes (no
     more than there are batches or cores; none for one batch); ``progress`` shows a bar on a terminal."""
     device = next(model.parameters()).device
+    if isinstance(images, (str, Path, Image.Image)):  # one image, not a sequence of its letters or rows
+        images = [images]
+    if not len(images):
+        raise ConfigError("no images to predict: give image paths, PIL images or a float tensor [N, 3, S, S]")
     if isinstance(images, torch.Tensor):
         check_batch(images, model)
         chunks = images.split(batch_size)
