@@ -77,3 +77,24 @@ def test_best_val_needs_a_validation_split_never_the_test_list():
         load_config("demo", ["select=best_val"])
     with pytest.raises(ConfigError, match="data.val_list.*data.source=list"):
         load_config("demo", ["data.val_list=val.txt"])
+
+
+def test_a_folder_source_validates_on_its_own_folder_and_selects_on_it(tmp_path):
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 6), ("test", 3), ("check", 2)):
+        labels = np.repeat(np.arange(3), count)
+        for i, (image, label) in enumerate(zip(class_images(labels, rng), labels)):
+            (tmp_path / split / f"c{label}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(tmp_path / split / f"c{label}" / f"{i}.png")
+    folder = ["data.source=folder", f"data.root={tmp_path}", "data.test_dir=test", "data.val_dir=check", *TINY_MODEL,
+              "data.imbalance_ratio=1", "data.max_per_class=0",
+              "phases=[phase1]", "phase1.epochs=2", "phase1.batch_size=6", "data.num_workers=0", "progress=false",
+              "select=best_val"]
+    lpt.train(load_config("demo", folder), tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val"]["num_images"] for r in records if "val" in r] == [6, 6]  # the check/ folder, each epoch
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["phases"]["phase1"]["selected"]["epoch"] in (1, 2)
+    with pytest.raises(ConfigError, match=r"'data.val_dir' is 'test', the test folder \(data.test_dir\)"):
+        load_config("demo", [*folder, "data.val_dir=test"])
+    with pytest.raises(ConfigError, match=r"'data.val_dir' is set but data.source is 'fashion_mnist'"):
+        load_config("demo", ["data.val_dir=check"])

@@ -35,7 +35,8 @@ class DataConfig:
     test_list: str = ""  # source=list: evaluation split
     val_list: str = ""  # source=list: validation split, evaluated every val_every epochs (select: best_val)
     train_dir: str = "train"  # source=folder: subfolder of root holding the training classes
-    test_dir: str = "val"  # source=folder: subfolder of root holding the evaluation classes
+    test_dir: str = "val"  # source=folder: subfolder of root holding the test classes (the reported numbers)
+    val_dir: str = ""  # source=folder: subfolder of root holding validation classes (select: best_val); not test_dir
     class_index: str = ""  # optional "folder_name label" file mapping class folders to labels (ImageNet-Sketch)
     class_names: str = ""  # readable class names for text prompts (model.text), one a line in label order
     download: bool = False  # fashion_mnist / cifar100: fetch through torchvision when missing
@@ -165,8 +166,8 @@ class Config:
     tta_expand: int = 24  # tta=crops: resize to data.img_size + this (LIFT: 24; 21 for ViT-L/14), then 5 crops
     init: str = ""  # run directory whose phase-1 tensors (shared prompt, classifier) start this run (phases=[phase2])
     checkpoint_every: int = 0  # > 0: save a resumable state every this many steps (always at epoch ends)
-    val_every: int = 1  # with data.val_list: evaluate on it every this many epochs (and at each phase's end)
-    select: str = "last"  # last: the model after the last epoch | best_val: the epoch best on data.val_list
+    val_every: int = 1  # with data.val_list / val_dir: evaluate on it every this many epochs (and at each phase's end)
+    select: str = "last"  # last: the model after the last epoch | best_val: the epoch best on the validation split
     deterministic: bool = False  # deterministic algorithms only: identical reruns and resumed runs on CPU
     progress: bool = True  # progress bar on an interactive terminal
     threads: int = 0  # CPU threads of torch's operators; 0 = as the caller set them (lpt: --threads, else all usable)
@@ -254,9 +255,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'threads' is {cfg.threads}; expected 0 (as the caller set them) or more")
     if not 0 <= cfg.model.feature_dropout < 1:
         raise ConfigError(f"config key 'model.feature_dropout' is {cfg.model.feature_dropout}; expected [0, 1)")
-    if cfg.select == "best_val" and not cfg.data.val_list:
-        raise ConfigError("config key 'select' is 'best_val' but data.val_list names no validation split; the "
-                          "test split is never used to choose a checkpoint")
+    if cfg.select == "best_val" and not (cfg.data.val_list or cfg.data.val_dir):
+        raise ConfigError("config key 'select' is 'best_val' but data.val_list (data.val_dir for a folder) names no "
+                          "validation split; the test split is never used to choose a checkpoint")
     _validate_data(cfg.data)
     _validate_loss(cfg.loss)
     _validate_text(m)
@@ -297,6 +298,12 @@ def _validate_data(d: DataConfig) -> None:
     if d.val_list and d.source not in ("list", "inat_json"):
         raise ConfigError(f"config key 'data.val_list' is set but data.source is {d.source!r}; a validation "
                           "list needs data.source=list or inat_json")
+    if d.val_dir and d.source != "folder":
+        raise ConfigError(f"config key 'data.val_dir' is set but data.source is {d.source!r}; a validation folder "
+                          "needs data.source=folder (data.val_list for a list or inat_json source)")
+    if d.val_dir and d.val_dir == d.test_dir and not d.holdout:
+        raise ConfigError(f"config key 'data.val_dir' is {d.val_dir!r}, the test folder (data.test_dir); the test "
+                          "split never chooses a checkpoint: give validation images their own folder")
     if d.imbalance_ratio < 1:
         raise ConfigError(f"config key 'data.imbalance_ratio' is {d.imbalance_ratio}; expected 1 or more")
     if len(d.mean) != len(d.std):

@@ -194,12 +194,16 @@ def build_datasets(cfg: DataConfig) -> DataSplits:
 
 
 def build_val_dataset(cfg: DataConfig) -> ImageDataset | None:
-    """The validation split ``data.val_list`` (a list file or iNaturalist JSON, read as the source reads its
-    evaluation split) with evaluation transforms, or None without one. Never the test split."""
-    if not cfg.val_list:
+    """The validation split ``data.val_list`` (a list file or iNaturalist JSON) or ``data.val_dir`` (a folder of
+    class folders), read as the source reads its test split, with evaluation transforms; None without one. Never the
+    test split."""
+    if cfg.val_dir:
+        split = dataclasses.replace(cfg, test_dir=cfg.val_dir)
+    elif cfg.val_list:
+        split = dataclasses.replace(cfg, test_list=cfg.val_list)
+    else:
         return None
-    return get_source(cfg.source).test(dataclasses.replace(cfg, test_list=cfg.val_list),
-                                       build_transform(cfg, train=False))
+    return get_source(cfg.source).test(split, build_transform(cfg, train=False))
 
 
 def build_test_dataset(cfg: DataConfig) -> ImageDataset:

@@ -1,5 +1,6 @@
-"""Validation during training: ``data.val_list`` evaluated every ``val_every`` epochs, and with
-``select: best_val`` the phase's best validation epoch kept and restored when the phase ends.
+"""Validation during training: ``data.val_list`` (``data.val_dir`` for a folder source) evaluated every
+``val_every`` epochs, and with ``select: best_val`` the phase's best validation epoch kept and restored when the
+phase ends.
 
 The published script evaluates on the test list every epoch and keeps the best test epoch
 (``max-va.pth``), which selects on the test set; lpt selects on a validation split or not at all.
