@@ -288,3 +288,26 @@ def test_train_without_skip_stops_at_the_bad_image(tmp_path, corpus, capsys):
     assert err[-1].endswith("); to drop unreadable images and list them, run with --skip-bad-images "
                             "(data.skip_bad_images=true)")
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_data_check_and_data_stats_count_gifs_and_say_what_a_folder_listing_skipped(tmp_path, capsys):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8))
+    for split in ("train", "val"):
+        for cls in ("ant", "bee"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            image.save(tmp_path / split / cls / "1.png")
+        (tmp_path / split / ".ipynb_checkpoints").mkdir()
+        image.save(tmp_path / split / ".ipynb_checkpoints" / "1.png")
+        (tmp_path / split / "bee" / "._1.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    image.save(tmp_path / "train" / "ant" / "2.gif")
+    capsys.readouterr()
+    assert cli.main(["data-check", "--config", "folder", f"data.root={tmp_path}"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["checked 5 images (train 3, test 2): all readable"]  # the GIF among them
+    for split in ("train", "val"):
+        assert f"{tmp_path / split}: skipped 2 hidden or macOS entries (.ipynb_checkpoints, bee/._1.png)" in captured.err
+    plots = tmp_path / "plots"
+    assert cli.main(["data-stats", "folder", f"data.root={tmp_path}", "--out", str(plots)]) == 0
+    captured = capsys.readouterr()
+    assert "classes: 2\nimages: 3\n" in captured.out
+    assert f"{tmp_path / 'train'}: skipped 2 hidden or macOS entries" in captured.err
