@@ -305,7 +305,8 @@ def test_data_check_and_data_stats_count_gifs_and_say_what_a_folder_listing_skip
     captured = capsys.readouterr()
     assert captured.out.splitlines() == ["checked 5 images (train 3, test 2): all readable"]  # the GIF among them
     for split in ("train", "val"):
-        assert f"{tmp_path / split}: skipped 2 hidden or macOS entries (.ipynb_checkpoints, bee/._1.png)" in captured.err
+        skipped = f"{tmp_path / split}: skipped 2 hidden or macOS entries (.ipynb_checkpoints, bee/._1.png)"
+        assert skipped in captured.err
     plots = tmp_path / "plots"
     assert cli.main(["data-stats", "folder", f"data.root={tmp_path}", "--out", str(plots)]) == 0
     captured = capsys.readouterr()

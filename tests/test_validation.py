@@ -2,8 +2,10 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import lpt
 from lpt.analysis.report import _kept, write_report
@@ -12,7 +14,7 @@ from lpt.config import ConfigError, load_config
 from lpt.model.state import read_tensors
 from lpt.run import validation
 from lpt.run.files import read_run
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, class_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
