@@ -49,6 +49,27 @@ def test_eval_reproduces_training_metrics_exactly(trained_run, capsys):
     assert printed == json.loads((trained_run / "metrics.json").read_text())
 
 
+def test_metrics_json_other_metrics_equal_scikit_learn_on_the_run_probabilities(trained_run):
+    """metrics.json's top-5, balanced accuracy, macro-F1 and NLL are those of softmax(loss.scale * logits) of the
+    saved model, as scikit-learn computes them."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss, top_k_accuracy_score
+
+    from lpt.data import build_test_dataset
+
+    run = lpt.load_run(trained_run)
+    test = build_test_dataset(run.config.data)
+    with torch.no_grad():
+        logits = run.logit_scale * run.model(torch.stack([test[i][0] for i in range(len(test))])).double()
+    probs, labels = logits.softmax(1).numpy(), np.asarray(test.targets)
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    classes = np.arange(probs.shape[1])
+    assert metrics["nll"] == pytest.approx(log_loss(labels, probs, labels=classes), rel=1e-5)
+    assert metrics["top5"] == pytest.approx(100 * top_k_accuracy_score(labels, probs, k=5, labels=classes))
+    assert metrics["balanced_accuracy"] == pytest.approx(100 * balanced_accuracy_score(labels, probs.argmax(1)))
+    assert metrics["macro_f1"] == pytest.approx(100 * f1_score(labels, probs.argmax(1), average="macro"))
+    assert 0 <= metrics["ece"] <= 100 and sum(metrics["reliability"]["count"]) == len(labels)
+
+
 def _ensemble_accuracy(run, views) -> tuple[float, list]:
     """Overall and per-class accuracy of the mean logits of a run's model on each image's views (hand-built)."""
     from lpt.data import build_test_dataset

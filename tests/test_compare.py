@@ -33,10 +33,14 @@ def make_run(path, method, phase, metrics, images_per_s, backbone="vit_small_pat
     return path
 
 
+SCORES = {"top5": 80.004, "balanced_accuracy": 50.5, "worst_class_accuracy": 3.25, "harmonic_mean_accuracy": 20.125,
+          "macro_f1": 48.0, "nll": 1.23456, "ece": 7.5}
+
+
 @pytest.fixture
 def runs(tmp_path):
-    lpt = make_run(tmp_path / "lpt", "lpt", 2, {"overall": 50.066, "many": 49.274, "medium": 52.3149, "few": 46.875},
-                   images_per_s=123.456)
+    lpt = make_run(tmp_path / "lpt", "lpt", 2, {"overall": 50.066, "many": 49.274, "medium": 52.3149, "few": 46.875}
+                   | SCORES, images_per_s=123.456)
     vpt = make_run(tmp_path / "vpt", "vpt", 1, {"overall": 45.0, "many": 51.125, "medium": 44.5, "few": None,
                                                 "tta": "crops"}, images_per_s=200.0)
     return lpt, vpt
@@ -52,11 +56,14 @@ def test_compare_prints_and_writes_the_table(runs, tmp_path, capsys):
     lpt, vpt = runs
     assert main(["compare", str(lpt), str(vpt), "--out", str(tmp_path / "table")]) == 0
     expected = [
-        "| run | method | backbone | tta | overall | many | medium | few | trainable params | images/s | features/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| {lpt} | LPT phase 2 | vit_small_patch16_224.augreg_in21k | none | 50.07 | 49.27 | 52.31 | 46.88 | 136 "
+        "| run | method | backbone | tta | overall | many | medium | few | top-5 | balanced | worst class "
+        "| harmonic mean | macro-F1 | NLL (nats) | ECE | trainable params | images/s | features/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {lpt} | LPT phase 2 | vit_small_patch16_224.augreg_in21k | none | 50.07 | 49.27 | 52.31 | 46.88 "
+        "| 80.00 | 50.50 | 3.25 | 20.12 | 48.00 | 1.23 | 7.50 | 136 "
         "| 123.5 | - |",  # metrics.json without tta (written before it existed): the plain image
-        f"| {vpt} | VPT | vit_small_patch16_224.augreg_in21k | crops | 45.00 | 51.12 | 44.50 | - | 36 | 200.0 | - |",
+        f"| {vpt} | VPT | vit_small_patch16_224.augreg_in21k | crops | 45.00 | 51.12 | 44.50 | - "
+        "| - | - | - | - | - | - | - | 36 | 200.0 | - |",  # written before lpt computed the other metrics
     ]
     printed = capsys.readouterr().out.splitlines()
     assert printed[:4] == expected
@@ -64,6 +71,7 @@ def test_compare_prints_and_writes_the_table(runs, tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "table.csv").open()))
     assert [(r["method"], r["tta"]) for r in rows] == [("LPT phase 2", "none"), ("VPT", "crops")]
     assert float(rows[0]["medium"]) == 52.3149 and rows[1]["few"] == ""  # full precision; empty when unknown
+    assert float(rows[0]["nll"]) == 1.23456 and rows[1]["ece"] == ""
     assert int(rows[0]["trainable_params"]) == 136 and float(rows[0]["images_per_s"]) == 123.456
 
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from lpt.metrics import shot_accuracy, shot_groups
+from lpt.metrics import (SCORE_METRICS, classification_metrics, flat_metrics, log_probabilities, metrics_record,
+                         score_metrics, shot_accuracy, shot_groups)
 
 BOUNDARY_COUNTS = [101, 100, 21, 20, 19]
 
@@ -90,3 +91,75 @@ def test_empty_evaluation():
     assert r["overall"] is None and r["num_images"] == 0
     assert r["per_class"] == [None, None, None]
     assert r["many"] is None and r["medium"] is None and r["few"] is None
+
+
+def _random_scores(seed: int, n: int = 400, c: int = 12):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=3.0, size=(n, c))
+    labels = rng.integers(0, c - 2, size=n)  # the last two classes never in the labels: absent classes count
+    return logits, labels
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_score_metrics_equal_scikit_learn_on_random_predictions(seed):
+    from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss, top_k_accuracy_score
+
+    logits, labels = _random_scores(seed)
+    c = logits.shape[1]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    preds = logits.argmax(1)
+    m = score_metrics(log_probabilities(logits=logits), labels)
+    assert m["top5"] == pytest.approx(100 * top_k_accuracy_score(labels, logits, k=5, labels=np.arange(c)))
+    with pytest.warns(UserWarning, match="y_pred contains classes not in y_true"):
+        expected_balanced = balanced_accuracy_score(labels, preds)
+    assert m["balanced_accuracy"] == pytest.approx(100 * expected_balanced)
+    assert m["macro_f1"] == pytest.approx(100 * f1_score(labels, preds, average="macro"))
+    assert m["nll"] == pytest.approx(log_loss(labels, probs, labels=np.arange(c)))
+    # the same from probabilities instead of logits
+    assert score_metrics(log_probabilities(probs=probs), labels)["nll"] == pytest.approx(m["nll"])
+
+
+def test_per_class_summaries_equal_hand_computation():
+    m = score_metrics(log_probabilities(logits=np.eye(5)[PREDS]), np.array(LABELS))
+    # PER_CLASS = [66.67, 50, 75, 100, 0]: mean, min, and a harmonic mean that one class at 0 makes 0
+    assert m["balanced_accuracy"] == pytest.approx(np.mean(PER_CLASS))
+    assert m["worst_class_accuracy"] == 0.0 and m["harmonic_mean_accuracy"] == 0.0
+    m = score_metrics(log_probabilities(logits=np.eye(4)[[0, 1, 1, 2, 3, 3]]), np.array([0, 0, 1, 2, 3, 3]))
+    assert m["worst_class_accuracy"] == pytest.approx(50.0)
+    assert m["harmonic_mean_accuracy"] == pytest.approx(4 / (1 / 50 + 3 / 100))  # classes 50, 100, 100, 100
+
+
+def test_ece_and_reliability_bins_equal_hand_computation():
+    # top-1 confidences 0.95, 0.9, 0.5, 0.5, 0.05-ish; two classes so the confidence is the larger probability
+    probs = np.array([[0.95, 0.05], [0.9, 0.1], [0.5, 0.5], [0.4, 0.6], [0.3, 0.7]])
+    labels = np.array([0, 1, 0, 0, 1])  # right, wrong, right (tie -> class 0), wrong, right
+    m = score_metrics(log_probabilities(probs=probs), labels)
+    bins = m["reliability"]
+    assert bins["bins"] == 15 and sum(bins["count"]) == 5
+    # 15 bins of width 1/15, right-closed: 0.5 in (7/15, 8/15] = bin 7, 0.6 in bin 8, 0.7 in bin 10,
+    # 0.9 in (13/15, 14/15] = bin 13, 0.95 in bin 14
+    assert [i for i, n in enumerate(bins["count"]) if n] == [7, 8, 10, 13, 14]
+    assert bins["accuracy"][13] == 0.0 and bins["confidence"][14] == pytest.approx(95.0)
+    assert bins["accuracy"][0] is None
+    # ECE = 1/5 (|100 - 50| + |0 - 60| + |100 - 70| + |0 - 90| + |100 - 95|) in percent
+    assert m["ece"] == pytest.approx((50 + 60 + 30 + 90 + 5) / 5)
+
+
+def test_classification_metrics_is_one_flat_dict_of_the_record():
+    logits, labels = _random_scores(3)
+    counts = [300, 150, 90, 60, 40, 30, 25, 20, 15, 10, 5, 3]
+    flat = classification_metrics(labels, counts, logits=logits)
+    record = metrics_record(labels, counts, logits=logits)
+    assert all(isinstance(v, float) for v in flat.values())
+    assert flat["overall"] == pytest.approx(100 * np.mean(logits.argmax(1) == labels))
+    assert flat["few"] == record["few"] and flat["official_few"] == record["official"]["few"]
+    assert flat["ece"] == record["ece"] and set(SCORE_METRICS) <= set(flat)
+    assert flat == flat_metrics(record)
+    with pytest.raises(ValueError, match="exactly one"):
+        classification_metrics(labels, counts)
+
+
+def test_flat_metrics_of_an_older_metrics_json_has_none_for_the_score_metrics():
+    old = shot_accuracy(PREDS, LABELS, TRAIN_COUNTS)
+    flat = flat_metrics(old)
+    assert flat["overall"] == old["overall"] and flat["nll"] is None and flat["top5"] is None

@@ -25,6 +25,7 @@ import lpt
 from lpt.analysis.matching import matching_stats, normalised_entropy
 from lpt.run.files import read_predictions, write_predictions
 from lpt.analysis.report import write_report
+from lpt.metrics import SCORE_METRICS
 from lpt.cli import main
 from lpt.utils import setup_logging
 
@@ -116,10 +117,10 @@ class HtmlTables(HTMLParser):
 
 def test_train_writes_report_and_predictions(run_dir):
     for name in ("report.html", "report.md", "report_per_class.png", "report_matching.png", "report_curves.png",
-                 "predictions.npz"):
+                 "report_reliability.png", "predictions.npz"):
         assert (run_dir / name).is_file(), name
     md = (run_dir / "report.md").read_text()
-    for png in ("report_per_class.png", "report_matching.png", "report_curves.png"):
+    for png in ("report_per_class.png", "report_matching.png", "report_curves.png", "report_reliability.png"):
         assert f"]({png})" in md  # the Markdown report shows the images written beside it
     pred = read_predictions(run_dir)
     metrics = read_json(run_dir / "metrics.json")
@@ -251,12 +252,15 @@ def test_html_report_numbers_equal_metrics_json(run_dir):
     md = md_tables((run_dir / "report.md").read_text())
     assert md["shot rule / overall"] == page.tables["shot-table"]
     assert md["rank / label"] == page.tables["per-class-table"]
+    # the other metrics, each from metrics.json
+    assert page.tables["score-table"] == [list(SCORE_METRICS.values()), [fmt(metrics[k]) for k in SCORE_METRICS]]
+    assert md["top-5 / balanced"] == page.tables["score-table"]
 
 
 def test_html_report_is_self_contained(run_dir):
     text = (run_dir / "report.html").read_text()
     page = HtmlTables(text)
-    assert len(page.images) == 3 and all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert len(page.images) == 4 and all(src.startswith("data:image/png;base64,") for src in page.images)
     assert not re.search(r"<(script|link|iframe)|(src|href)=\"(?!data:)", text)  # nothing to fetch
 
 
@@ -278,7 +282,7 @@ def test_html_report_renders_in_chromium_with_every_image(run_dir, tmp_path):
     assert found, dom[-2000:]
     states = json.loads(found.group(1).replace("&quot;", '"'))
     assert states[-1] == ["control", True, 0]  # a broken image does show up as width 0
-    assert len(states) == 4 and all(complete and width > 0 for _, complete, width in states[:-1]), states
+    assert len(states) == 5 and all(complete and width > 0 for _, complete, width in states[:-1]), states
 
 
 # --- prompt matching ---------------------------------------------------------------------------------------------
@@ -349,7 +353,20 @@ def test_report_without_groups_says_so(run_dir, tmp_path):
     md = (other / "report.md").read_text()
     assert "selects no group prompts: prompt matching statistics exist for phase-2 LPT only" in md
     assert "report_matching.png" not in md and not (other / "report_matching.png").exists()
-    assert len(HtmlTables((other / "report.html").read_text()).images) == 2
+    assert len(HtmlTables((other / "report.html").read_text()).images) == 3
+
+
+def test_report_of_a_metrics_json_without_the_other_metrics_says_so(run_dir, tmp_path):
+    other = tmp_path / "older"
+    shutil.copytree(run_dir, other)
+    metrics = read_json(other / "metrics.json")
+    (other / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items()
+                                                    if k not in SCORE_METRICS and k != "reliability"}))
+    (other / "report_reliability.png").unlink()
+    write_report(other)
+    md = (other / "report.md").read_text()
+    assert "`metrics.json` predates them; `lpt eval --run DIR` prints them, computed from the saved model." in md
+    assert "report_reliability.png" not in md and not (other / "report_reliability.png").exists()
 
 
 def test_lpt_report_recomputes_missing_predictions(run_dir, tmp_path, capsys):

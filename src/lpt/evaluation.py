@@ -24,14 +24,15 @@ Outputs = Callable[[LPT, torch.Tensor], dict[str, torch.Tensor]]
 
 
 def _ranked(logits: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    result = {"preds": logits.argmax(1), "top5": logits.topk(min(5, logits.shape[1]), dim=1).indices}
+    result = {"logits": logits, "preds": logits.argmax(1), "top5": logits.topk(min(5, logits.shape[1]), dim=1).indices}
     if "groups" in out:
         result["groups"] = out["groups"]
     return result
 
 
 def predictions(model: LPT, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Top-1 ``preds``, ``top5`` and, in phase 2, the matched ``groups`` ``[B, k]``."""
+    """The float32 ``logits`` ``[B, C]``, top-1 ``preds``, ``top5`` and, in phase 2, the matched ``groups``
+    ``[B, k]``."""
     out = model.forward_train(images)
     return _ranked(out["logits"].float(), out)
 

@@ -2,7 +2,8 @@
 
 One row per run: method, backbone, the test-time ensemble its evaluation used (``tta``: none, flip or crops; a
 difference of protocol, not of method), overall / many / medium / few accuracy (standard shot rule,
-from ``metrics.json``), trained parameters (all phases, from ``model.safetensors``; see
+from ``metrics.json``), the other metrics of :data:`lpt.metrics.SCORE_METRICS` (``-`` for a run evaluated before
+lpt computed them), trained parameters (all phases, from ``model.safetensors``; see
 :func:`lpt.run.files.trained_params`) and the training throughput of the last phase, in
 the column of what was timed: images/s through the model, or features/s for a linear probe, which
 trains on features computed once (tens of thousands a second, not comparable with images).
@@ -16,11 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lpt.analysis.report import fmt
-from lpt.metrics import ACCURACIES
+from lpt.metrics import ACCURACIES, SCORE_METRICS
 from lpt.run.files import method_label, read_info, read_run, trains_on_features
 from lpt.utils import atomic_write_text
 
-COLUMNS = ("run", "method", "backbone", "tta", "overall", "many", "medium", "few", "trainable_params", "images_per_s",
+COLUMNS = ("run", "method", "backbone", "tta", *ACCURACIES, *SCORE_METRICS, "trainable_params", "images_per_s",
            "features_per_s")
 
 
@@ -33,7 +34,7 @@ def compare_row(run_dir: str | Path) -> dict:
     timed = "features_per_s" if trains_on_features(run.method) else "images_per_s"
     return {
         "run": str(run_dir), "method": run.method_label, "backbone": backbone, "tta": run.metrics.get("tta", "none"),
-        **{g: run.metrics.get(g) for g in ACCURACIES},
+        **{g: run.metrics.get(g) for g in (*ACCURACIES, *SCORE_METRICS)},
         "trainable_params": run.trained_params,
         "images_per_s": None, "features_per_s": None,
         timed: last.get("images_per_s"),  # the trainer counts samples, whatever they are
@@ -47,12 +48,12 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
 def _cells(row: dict) -> list[str]:
     n = row["trainable_params"]
     return [row["run"], row["method"], str(row["backbone"] or "-"), row["tta"],
-            *(fmt(row[g]) for g in ACCURACIES), "-" if n is None else f"{n:,}",
+            *(fmt(row[g]) for g in (*ACCURACIES, *SCORE_METRICS)), "-" if n is None else f"{n:,}",
             *("-" if row[k] is None else f"{row[k]:.1f}" for k in ("images_per_s", "features_per_s"))]
 
 
 def to_markdown(rows: list[dict]) -> str:
-    header = ["run", "method", "backbone", "tta", "overall", "many", "medium", "few", "trainable params", "images/s",
+    header = ["run", "method", "backbone", "tta", *ACCURACIES, *SCORE_METRICS.values(), "trainable params", "images/s",
               "features/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |" for r in rows]

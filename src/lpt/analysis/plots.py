@@ -120,6 +120,30 @@ def matching_plot(best: np.ndarray, second: np.ndarray | None, usage_best: np.nd
     return _png(fig)
 
 
+def reliability_plot(bins: dict) -> bytes:
+    """The reliability diagram of metrics.json's ``reliability`` bins: each bin's accuracy against its range of
+    top-1 confidence (bars), the diagonal of perfect calibration, and how many images each bin holds."""
+    fig = _figure(5.0, 4.2)
+    ax = fig.subplots()
+    m = bins["bins"]
+    edges = np.linspace(0.0, 100.0, m + 1)
+    acc = [0.0 if a is None else a for a in bins["accuracy"]]
+    ax.bar(edges[:-1], acc, width=100.0 / m, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
+    gap = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"]) if c is not None]
+    ax.plot([c for c, _ in gap], [c for c, _ in gap], "o", color="tab:red", markersize=4,
+            label="mean confidence of the bin")
+    ax.plot([0, 100], [0, 100], "--", color="grey", label="perfect calibration")
+    twin = ax.twinx()
+    twin.plot((edges[:-1] + edges[1:]) / 2, bins["count"], color="tab:green", marker=".", linewidth=1)
+    twin.set_ylabel("images in the bin (green)")
+    ax.set_xlabel("top-1 confidence (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, loc="upper left")
+    return _png(fig)
+
+
 def curves_plot(epochs: Sequence[dict], evals: Sequence[dict], vals: Sequence[dict] = ()) -> bytes:
     """Training loss and accuracy per epoch over all phases in order, with the validation accuracy of the epochs
     that were validated (``data.val_list``) and each phase's test accuracy."""

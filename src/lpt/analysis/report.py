@@ -1,6 +1,7 @@
 """Run report: ``report.html`` (self-contained, images embedded) and ``report.md`` (images beside it).
 
-Sections: test accuracy by shot group under both rules, per-phase summary, model and run facts
+Sections: test accuracy by shot group under both rules, the other test metrics (top-5, balanced, worst-class and
+harmonic-mean accuracy, macro-F1, NLL, ECE) with a reliability diagram, per-phase summary, model and run facts
 (backbone identity, trained parameters, time, images/s), per-class accuracy against training
 frequency, prompt matching statistics (LPT phase 2; the paper's Fig. 4), learning curves, and
 the resolved configuration. Every accuracy is formatted with 2 decimals from the very values of
@@ -18,7 +19,7 @@ import numpy as np
 
 from lpt.analysis import plots
 from lpt.analysis.matching import matching_stats
-from lpt.metrics import ACCURACIES, GROUPS, SHOT_RULES, shot_groups
+from lpt.metrics import ACCURACIES, GROUPS, SCORE_METRICS, SHOT_RULES, shot_groups
 from lpt.run.files import PREDICTIONS, RunFiles, read_run, write_predictions
 from lpt.data import build_test_dataset
 from lpt.run.load import evaluate_predictions, load_run
@@ -98,6 +99,26 @@ def _accuracy_section(run: RunFiles) -> list[Block]:
         Para("Classes per group:"),
         Table(["shot rule", "many", "medium", "few"], sizes, "group-sizes"),
     ]
+
+
+def _scores_section(run: RunFiles) -> list[Block]:
+    m = run.metrics
+    blocks: list[Block] = [Heading("Other test metrics")]
+    if "nll" not in m:
+        return blocks + [Para("`metrics.json` predates them; `lpt eval --run DIR` prints them, computed from the "
+                              "saved model.")]
+    blocks += [
+        Para("From the probabilities `softmax(loss.scale * logits)` (zero-shot CLIP: its own logit scale): "
+             "top-5 accuracy; the mean (balanced), minimum (worst class) and harmonic mean of the per-class "
+             "accuracies, over the classes in the test split; macro-F1; negative log-likelihood in nats per image; "
+             f"expected calibration error over {m['reliability']['bins']} equal-width bins of the top-1 confidence "
+             "(Guo et al. 2017). All in percent but the NLL."),
+        Table(list(SCORE_METRICS.values()), [[fmt(m.get(k)) for k in SCORE_METRICS]], "score-table"),
+    ]
+    if sum(m["reliability"]["count"]):
+        blocks.append(Image("report_reliability.png", plots.reliability_plot(m["reliability"]),
+                            "Reliability diagram: accuracy of the test images in each bin of top-1 confidence"))
+    return blocks
 
 
 def _phase_section(run: RunFiles) -> list[Block]:
@@ -248,7 +269,8 @@ def build_report(run: RunFiles) -> list[Block]:
     stats, why_not = _matching(run)
     config_text = (run.path / "config.yaml").read_text()
     return [
-        *_accuracy_section(run), *_phase_section(run), *_run_section(run), *_per_class_section(run, stats),
+        *_accuracy_section(run), *_scores_section(run), *_phase_section(run), *_run_section(run),
+        *_per_class_section(run, stats),
         *_matching_section(run, stats, why_not), *_curves_section(run),
         Heading("Configuration"), Para("The resolved `config.yaml`: the run is fully described by it."),
         Code(config_text),

@@ -17,7 +17,7 @@ from lpt.distributed import DistContext
 from lpt.evaluation import VIEWS, Outputs, evaluate, predictions, tta_evaluation, tta_transform
 from lpt.methods import get_method
 from lpt.methods.zeroshot import ZeroShot
-from lpt.metrics import shot_accuracy
+from lpt.metrics import metrics_record
 from lpt.model import LPT, BackboneIdentity
 from lpt.model.build import build_model
 from lpt.model.state import CheckpointError, load_strict
@@ -137,11 +137,15 @@ def evaluate_predictions(cfg: Config, model: LPT, dataset, *, device: torch.devi
 
 
 def shot_metrics(model: LPT, dataset, train_counts: list[int], cfg: Config, device: torch.device,
-                 dist: DistContext = DistContext(), desc: str = "eval") -> tuple[dict, dict]:
-    """Shot-split metrics of ``model`` on ``dataset`` (with the model's phase and the test-time ensembling
-    ``cfg.tta``) and the evaluation's arrays."""
+                 dist: DistContext = DistContext(), desc: str = "eval", logit_scale: float | None = None
+                 ) -> tuple[dict, dict]:
+    """The metrics of ``model`` on ``dataset`` (:func:`lpt.metrics.metrics_record` of the logits times
+    ``logit_scale``, by default ``loss.scale``: see :attr:`Run.logit_scale`; the model's phase and the test-time
+    ensembling ``cfg.tta``) and the evaluation's arrays."""
     out = evaluate_predictions(cfg, model, dataset, device=device, dist=dist, desc=desc)
-    return shot_accuracy(out["preds"], out["labels"], train_counts) | {"phase": model.phase, "tta": cfg.tta}, out
+    scale = cfg.loss.scale if logit_scale is None else logit_scale
+    record = metrics_record(out["labels"], train_counts, logits=scale * out["logits"])
+    return record | {"phase": model.phase, "tta": cfg.tta}, out
 
 
 def evaluate_run(run_dir: str | Path, data_overrides: list[str] | None = None, device: str = "auto",
@@ -159,4 +163,5 @@ def evaluate_run(run_dir: str | Path, data_overrides: list[str] | None = None, d
     if len(test.classes) != run.model.num_classes:
         raise ConfigError(f"evaluation data has {len(test.classes)} classes, the run was trained on "
                           f"{run.model.num_classes}")
-    return shot_metrics(run.model, test, run.train_counts, cfg, next(run.model.parameters()).device)[0]
+    return shot_metrics(run.model, test, run.train_counts, cfg, next(run.model.parameters()).device,
+                        logit_scale=run.logit_scale)[0]

@@ -222,8 +222,10 @@ def _finish_phase(run: _Training, index: int, phase: str, records: list[dict], s
     """Evaluate the model a phase left, record its summary, then save its checkpoint and a resumable state that
     starts at the next phase."""
     cfg, model, env = run.cfg, run.model, run.env
+    zero_shot = not cfg.phases and run.text is not None  # CLIP's classifier, CLIP's own logit scale (Run.logit_scale)
     run.metrics, run.outputs = shot_metrics(model, run.splits.test, run.splits.train_counts, cfg, env.device,
-                                            env.dist, f"eval {phase}")
+                                            env.dist, f"eval {phase}",
+                                            logit_scale=run.text["meta"]["logit_scale"] if zero_shot else None)
     run.summary[phase] = _phase_summary(model, run.metrics, records) | ({"selected": selected} if selected else {})
     log.info("%s: overall %.2f, many %s, medium %s, few %s", phase, run.metrics["overall"],
              *(f"{run.metrics[g]:.2f}" if run.metrics[g] is not None else "-" for g in GROUPS))
