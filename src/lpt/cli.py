@@ -104,6 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from lpt.analysis.compare import shot_table
     from lpt.analysis.report import fmt
+    from lpt.metrics import SCORE_METRICS
     from lpt.run.load import evaluate_run
 
     if args.zero_shot:
@@ -114,14 +115,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--config, --out and key=value overrides go with --zero-shot; a run is evaluated with "
                           "--run RUN_DIR and --data key=value")
 
-    metrics = evaluate_run(args.run, [f"data.{o}" if not o.startswith("data.") else o for o in args.data or []],
-                           device=args.device, tta=args.tta)
+    data = [f"data.{o}" if not o.startswith("data.") else o for o in args.data or []]
+    if args.posthoc_tau is not None and args.tau_norm is not None:
+        raise ConfigError("--posthoc-tau and --tau-norm are two corrections of the same classifier: give one")
+    if args.posthoc_tau is None and args.tau_norm is None:
+        metrics = evaluate_run(args.run, data, device=args.device, tta=args.tta)
+    else:
+        from lpt.run.posthoc import evaluate_posthoc
+
+        kind, tau = ("logit_adjustment", args.posthoc_tau) if args.tau_norm is None else ("tau_norm", args.tau_norm)
+        metrics = evaluate_posthoc(args.run, kind, tau, data, device=args.device, tta=args.tta)
     if args.json:
         print(json.dumps(metrics))
     else:
         tta = f", tta {metrics['tta']}" if metrics["tta"] != "none" else ""
-        print(shot_table({f"{args.run} (phase {metrics['phase']}{tta})": metrics}))
+        posthoc = f", {metrics['posthoc']['method']} tau {metrics['posthoc']['tau']}" if "posthoc" in metrics else ""
+        print(shot_table({f"{args.run} (phase {metrics['phase']}{tta}{posthoc})": metrics}))
         print("official shot rule: " + ", ".join(f"{k} {fmt(v)}" for k, v in metrics["official"].items()))
+        print(", ".join(f"{name} {fmt(metrics[k])}" for k, name in SCORE_METRICS.items()))
+        if "posthoc" in metrics:
+            print(f"tau {metrics['posthoc']['tau']} chosen on: {metrics['posthoc']['chosen_on']}")
     return 0
 
 
@@ -288,6 +301,16 @@ def _common_options(parser: argparse.ArgumentParser, default: object) -> None:
                         help="CPU threads of torch's operators (0: the cores this process may use)")
 
 
+def _tau(text: str) -> float | str:
+    """``auto`` or a number, for --posthoc-tau and --tau-norm."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor auto") from None
+
+
 def _tta_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", choices=CHOICES["tta"],
                    help="test-time ensembling instead of the run's (config key tta; crops: LIFT's five crops)")
@@ -328,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     _tta_option(p)
+    p.add_argument("--posthoc-tau", type=_tau, metavar="T|auto",
+                   help="post-hoc logit adjustment (Menon et al. 2021): subtract T * log(training prior) from the "
+                        "logits; auto: the T of 0, 0.1, .., 2 best on the validation split (data.val_list)")
+    p.add_argument("--tau-norm", type=_tau, metavar="T|auto",
+                   help="tau-normalisation of a linear classifier (Kang et al. 2020): weights w_i / ||w_i||^T, no "
+                        "bias; auto: the T of 0, 0.1, .., 2 best on the validation split (data.val_list)")
     p.add_argument("--zero-shot", action="store_true",
                    help="CLIP's own classifier (the class names' text embeddings, model.text) on --config's data, "
                         "written as a run directory (--out) with the shot table")

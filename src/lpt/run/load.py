@@ -148,13 +148,10 @@ def shot_metrics(model: LPT, dataset, train_counts: list[int], cfg: Config, devi
     return record | {"phase": model.phase, "tta": cfg.tta}, out
 
 
-def evaluate_run(run_dir: str | Path, data_overrides: list[str] | None = None, device: str = "auto",
-                 tta: str | None = None) -> dict:
-    """Metrics of a run on its test split (or another, through ``data.*`` overrides), as in metrics.json;
-    ``tta`` replaces the run's test-time ensembling (config key ``tta``).
-
-    Shot groups always come from the run's own training counts.
-    """
+def load_for_eval(run_dir: str | Path, data_overrides: list[str] | None = None, device: str = "auto",
+                  tta: str | None = None) -> tuple[Run, Config, Any]:
+    """A run reloaded for ``lpt eval``, its config with ``data.*`` overrides and ``tta`` (when given) applied, and
+    the test split they name (refused when its classes are not the run's)."""
     run = load_run(run_dir, resolve_device(device))
     cfg = with_data_overrides(run.config, data_overrides, "eval")
     if tta is not None:
@@ -163,5 +160,16 @@ def evaluate_run(run_dir: str | Path, data_overrides: list[str] | None = None, d
     if len(test.classes) != run.model.num_classes:
         raise ConfigError(f"evaluation data has {len(test.classes)} classes, the run was trained on "
                           f"{run.model.num_classes}")
+    return run, cfg, test
+
+
+def evaluate_run(run_dir: str | Path, data_overrides: list[str] | None = None, device: str = "auto",
+                 tta: str | None = None) -> dict:
+    """Metrics of a run on its test split (or another, through ``data.*`` overrides), as in metrics.json;
+    ``tta`` replaces the run's test-time ensembling (config key ``tta``).
+
+    Shot groups always come from the run's own training counts.
+    """
+    run, cfg, test = load_for_eval(run_dir, data_overrides, device, tta)
     return shot_metrics(run.model, test, run.train_counts, cfg, next(run.model.parameters()).device,
                         logit_scale=run.logit_scale)[0]
