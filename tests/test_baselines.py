@@ -65,7 +65,7 @@ def test_plain_query_is_the_plain_vit_feature(tiny_overrides):
     (["method=linear", "phases=[phase1]"], "prompt_len=0"),
     (["model.prompt_depth=shallow"], "method=vpt"),
     (["method=lpt_joint", "phases=[phase1]"], "phases=\\[phase2\\]"),
-    (["method=prompt_soup"], "full, linear, lpt, lpt_joint, peft, vpt"),
+    (["method=prompt_soup"], "crt, full, linear, lpt, lpt_joint, lws, peft, vpt"),
 ])
 def test_method_settings_are_validated(overrides, message):
     with pytest.raises(ConfigError, match=message):

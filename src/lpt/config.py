@@ -155,7 +155,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     phase1: PhaseConfig = field(default_factory=PhaseConfig)
     phase2: PhaseConfig = field(default_factory=PhaseConfig)
-    method: str = "lpt"  # lpt | lpt_joint | vpt | linear | full: a module of lpt.methods (its own rules apply)
+    method: str = "lpt"  # lpt | lpt_joint | vpt | linear | full | peft | crt | lws ...: a module of lpt.methods
     phases: list[str] = field(default_factory=lambda: ["phase1", "phase2"])  # lpt: phase1, phase2; others: phase1
     seed: int = 0  # seed of initialisation, sampling and augmentation
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -164,7 +164,7 @@ class Config:
     eval_batch_size: int = 256  # images per evaluation batch
     tta: str = "none"  # test-time ensembling: none | flip (image and mirror) | crops (LIFT: 5 crops of a larger image)
     tta_expand: int = 24  # tta=crops: resize to data.img_size + this (LIFT: 24; 21 for ViT-L/14), then 5 crops
-    init: str = ""  # run directory whose phase-1 tensors (shared prompt, classifier) start this run (phases=[phase2])
+    init: str = ""  # run starting this one: its phase-1 tensors (phases=[phase2]), or all of it (crt, lws)
     checkpoint_every: int = 0  # > 0: save a resumable state every this many steps (always at epoch ends)
     val_every: int = 1  # with data.val_list / val_dir: evaluate on it every this many epochs (and at each phase's end)
     select: str = "last"  # last: the model after the last epoch | best_val: the epoch best on the validation split

@@ -48,6 +48,9 @@ class Method(nn.Module):
         prompts: whether it has prompts (without, ``model.prompt_len`` must be 0).
         prompt_depths: the ``model.prompt_depth`` values it accepts.
         features: trains on the frozen model's features, computed once, instead of images.
+        retrains_init: starts from the whole trained run ``init`` (prompts, group prompts, PEFT modules, classifier,
+            its phase) and re-trains only its classifier on its features; the model section must be the run's.
+        class_scales: the model has a learnt scale per class on its logits (LWS).
 
     With dual sampling every iteration has a class-balanced batch (weight 1) and an
     instance-balanced batch (weight ``beta = eta * (E - e) / E``); in phase 2 each batch's term also
@@ -63,6 +66,8 @@ class Method(nn.Module):
     prompts: ClassVar[bool] = True
     prompt_depths: ClassVar[tuple[str, ...]] = ("deep",)
     features: ClassVar[bool] = False
+    retrains_init: ClassVar[bool] = False
+    class_scales: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -82,12 +87,17 @@ class Method(nn.Module):
                               f"{', '.join(cls.phases)}")
         if not cls.prompts and cfg.model.prompt_len != 0:
             raise ConfigError(f"method '{cls.name}' uses no prompts: set model.prompt_len=0")
-        if cls.features and cfg.model.peft:
+        if cls.features and cfg.model.peft and not cls.retrains_init:
             raise ConfigError(f"method '{cls.name}' trains on features computed once: model.peft cannot train there; "
                               "set model.peft=[]")
         if cfg.model.prompt_depth not in cls.prompt_depths:
             raise ConfigError(f"model.prompt_depth={cfg.model.prompt_depth} is not available with method "
                               f"'{cls.name}' (VPT-Shallow needs method=vpt)")
+
+    @classmethod
+    def start_from_init(cls, model: LPT) -> None:
+        """Change ``model`` just after the run ``init``'s tensors are loaded into it (cRT re-initialises the
+        classifier)."""
 
     def __init__(self, cfg: Config, class_counts: list[int]):
         super().__init__()

@@ -21,4 +21,4 @@ class LinearProbe(Method):
         return list(model.head.parameters())
 
     def logits(self, model: LPT, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": model.head(model.dropout(inputs))}
+        return {"logits": model.classify(inputs)}

@@ -14,22 +14,25 @@ from lpt.utils import log, seed_everything
 
 
 def build_model(m: ModelConfig, num_classes: int, seed: int, train_backbone: bool = False,
-                ) -> tuple[LPT, BackboneIdentity]:
+                class_scales: bool = False) -> tuple[LPT, BackboneIdentity]:
     """Backbone (seeded, so a random one is rebuilt identically on reload) plus prompts and head.
 
-    ``train_backbone`` is full fine-tuning; the method says so (``Method.trains_backbone``).
+    ``train_backbone`` is full fine-tuning, ``class_scales`` LWS's per-class scales; the method says so
+    (``Method.trains_backbone``, ``Method.class_scales``).
     """
     seed_everything(seed)
     backbone, identity = create_backbone(m.backbone, m.pretrained, m.checkpoint, layer_norm_eps=m.layer_norm_eps,
                                          keep_head=bool(m.text), **m.backbone_args)
-    return build_lpt(backbone, m, num_classes, train_backbone), identity
+    return build_lpt(backbone, m, num_classes, train_backbone, class_scales), identity
 
 
-def build_lpt(backbone: VisionTransformer, m: ModelConfig, num_classes: int, train_backbone: bool = False) -> LPT:
+def build_lpt(backbone: VisionTransformer, m: ModelConfig, num_classes: int, train_backbone: bool = False,
+              class_scales: bool = False) -> LPT:
     """LPT's prompts and classifier around a backbone already built (``build_model``, or an official checkpoint's)."""
     return LPT(backbone, num_classes, prompt_len=m.prompt_len, pool_size=m.pool_size, split_block=m.split_block,
                top_k=m.top_k, feature_dropout=m.feature_dropout, head=m.head, prompt_depth=m.prompt_depth,
-               query=m.query, train_backbone=train_backbone, peft=m.peft, peft_dim=m.peft_dim, projection=m.projection)
+               query=m.query, train_backbone=train_backbone, peft=m.peft, peft_dim=m.peft_dim, projection=m.projection,
+               class_scales=class_scales)
 
 
 def check_fits(m: ModelConfig, img_size: int) -> None:

@@ -86,6 +86,7 @@ class LPT(nn.Module):
         peft_dim: their bottleneck / LoRA rank; 0: LIFT's rule from C and the depth.
         projection: every feature (the classifier's input, the phase-2 query) is the pooled feature through the
             backbone's own head, frozen: a CLIP image tower's projection into the joint space with the text.
+        class_scales: a learnt scale per class multiplies the logits (``class_scale``, ones at first; LWS).
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class LPT(nn.Module):
         peft: list[str] | None = None,
         peft_dim: int = 0,
         projection: bool = False,
+        class_scales: bool = False,
     ):
         super().__init__()
         depth, dim = len(backbone.blocks), backbone.embed_dim
@@ -123,6 +125,8 @@ class LPT(nn.Module):
         self.shared_prompt = _trunc_normal(1 if self.shallow else depth, prompt_len, dim)
         self.pool = GroupPromptPool(pool_size, depth - split_block, prompt_len, dim, top_k, feature_dim)
         self.head = HEADS[head](feature_dim, num_classes)
+        # LWS (method lws): a learnt scale per class on the classifier's logits
+        self.class_scale = nn.Parameter(torch.ones(num_classes)) if class_scales else None
         self.dropout = nn.Dropout(feature_dropout)
         self.phase = 1
         self.set_phase(1)
@@ -224,10 +228,16 @@ class LPT(nn.Module):
         feature = self._group_pass(h_k, self.pool.ensemble(groups), shared_kv)
         return {"feature": feature, "query": q, "groups": groups, "key_sim": key_sim}
 
+    def classify(self, feature: torch.Tensor) -> torch.Tensor:
+        """Logits of features ``[B, D]``: the classifier on the (dropped-out, in training mode) feature, times the
+        per-class scales where the model has them (``class_scales``)."""
+        logits = self.head(self.dropout(feature))
+        return logits if self.class_scale is None else logits * self.class_scale
+
     def forward_train(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Features plus ``logits`` (feature dropout applies in training mode)."""
         out = self.forward_features(images)
-        out["logits"] = self.head(self.dropout(out["feature"]))
+        out["logits"] = self.classify(out["feature"])
         return out
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -387,7 +387,11 @@ def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray] | None:
 
 
 def run_trained_params(run_dir: str | Path, method: str) -> int | None:
-    """Parameters a run of ``method`` trained (:func:`trained_params`); 0 for a method that trains nothing."""
+    """Parameters a run of ``method`` trained (:func:`trained_params`); 0 for a method that trains nothing; for cRT
+    and LWS, whose checkpoint holds the run they started from too, those their phase trained (run.json)."""
+    cls = _registered(method)
+    if cls is not None and cls.retrains_init:
+        return sum(p["trainable_params"] for p in (read_info(run_dir).get("phases") or {}).values())
     return trained_params(run_dir) if trains_anything(method) else 0
 
 

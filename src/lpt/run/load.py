@@ -94,8 +94,11 @@ def load_trained(model: LPT, identity: BackboneIdentity, run_dir: Path, skip: tu
 
 
 def build_run_model(cfg: Config, num_classes: int) -> tuple[LPT, BackboneIdentity]:
-    """The model of a run's config: the method decides whether the backbone trains."""
-    return build_model(cfg.model, num_classes, cfg.seed, train_backbone=get_method(cfg.method).trains_backbone)
+    """The model of a run's config: the method decides whether the backbone trains and whether the logits have
+    per-class scales."""
+    method = get_method(cfg.method)
+    return build_model(cfg.model, num_classes, cfg.seed, train_backbone=method.trains_backbone,
+                       class_scales=method.class_scales)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lpt.version import __version__
-from lpt.config import Config, ConfigError
+from lpt.config import Config, ConfigError, to_dict
 from lpt.data import (DataSplits, TrainImages, TrainStream, build_datasets, build_train_stream, build_transform,
                       build_val_dataset, train_images, with_eval_transform)
 from lpt.data.datasets import FeatureDataset
@@ -50,6 +50,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: boo
     those that depend on the backbone included, are raised before any data loads.
     """
     check_config(cfg)
+    if get_method(cfg.method).retrains_init:
+        _check_init_model(cfg)
     check_fits(cfg.model, cfg.data.img_size)
     check_trackers(cfg)
     warn_mismatches(cfg.model, cfg.data.mean, cfg.data.std)
@@ -144,6 +146,9 @@ def _set_up(cfg: Config, out_dir: Path, resume: bool, env: Env) -> _Training:
     if state is not None:
         load_strict(model, state[0], str(out_dir / files.RESUME), expected=model.trained_tensors())
         state[2]()  # RNG states of the moment the run stopped
+    elif cfg.init and get_method(cfg.method).retrains_init:  # the whole run (cRT, LWS); its phase too
+        load_trained(model, identity, Path(cfg.init), skip=("class_scale",))
+        get_method(cfg.method).start_from_init(model)
     elif cfg.init:  # phase 1's tensors only: group prompts and keys start fresh, whatever m or k the run uses
         load_trained(model, identity, Path(cfg.init), skip=(GROUP_PROMPTS,))
     model.to(env.device)
@@ -156,6 +161,22 @@ def _set_up(cfg: Config, out_dir: Path, resume: bool, env: Env) -> _Training:
     return _Training(cfg, out_dir, env, splits, model, identity, start, resumed=state is not None,
                      summary=dict(start["summary"]), metrics=start.get("metrics"), val=build_val_dataset(cfg.data),
                      text=text)
+
+
+# model keys that may differ from the init run's for crt / lws: how the classifier trains and starts (it is the run's),
+# and where the backbone's weights are read (load_trained checks their fingerprint)
+FREE_MODEL_KEYS = ("checkpoint", "feature_dropout", "head_init", "text", "text_pretrained", "templates")
+
+
+def _check_init_model(cfg: Config) -> None:
+    """A method that re-trains the classifier of the run ``init`` builds that run's model: refuse another model
+    section (but for :data:`FREE_MODEL_KEYS`), naming the first key that differs."""
+    theirs = to_dict(files.read_config(Path(cfg.init)).model)
+    for key, value in to_dict(cfg.model).items():
+        if key not in FREE_MODEL_KEYS and theirs.get(key) != value:
+            raise ConfigError(f"config key 'model.{key}' is {value!r}, but the run init={cfg.init} has "
+                              f"{theirs.get(key)!r}; method '{cfg.method}' re-trains that run's classifier on its "
+                              f"model: set model.{key}={theirs.get(key)}")
 
 
 def _read_resume(out_dir: Path):
