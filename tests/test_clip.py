@@ -439,6 +439,21 @@ def test_lpt_predict_on_a_zero_shot_run_prints_clips_probabilities(offline_zero_
     assert capsys.readouterr().out.strip() == f"{path}: {expected}"
 
 
+def test_zero_shot_metrics_json_probabilities_use_clips_logit_scale(offline_zero_shot_run):
+    """metrics.json's NLL is of softmax(CLIP's logit scale x cosine), as lpt eval and run.predict, not of loss.scale."""
+    from lpt.data import build_test_dataset
+    from lpt.run.load import evaluate_run, load_run
+
+    run = load_run(offline_zero_shot_run)
+    test = build_test_dataset(run.config.data)
+    with torch.no_grad():
+        cosines = run.model(torch.stack([test[i][0] for i in range(len(test))])).double()
+    labels = torch.as_tensor(test.targets)
+    metrics = json.loads((offline_zero_shot_run / "metrics.json").read_text())
+    assert metrics["nll"] == pytest.approx(F.cross_entropy(100.0 * cosines, labels).item(), rel=1e-5)
+    assert evaluate_run(offline_zero_shot_run, device="cpu")["nll"] == pytest.approx(metrics["nll"], rel=1e-6)
+
+
 def test_readmes_clip_commands_resolve_with_one_activation_for_both_towers(tmp_path):
     """README's CLIP commands (the local OpenAI, LAION and converted files) resolve as ``lpt train`` would
     resolve them, the towers' activation check included; its conversion command is run by ``openai_checkpoint``."""

@@ -158,6 +158,7 @@ def test_tau_norm_of_a_cosine_head_and_both_corrections_at_once_are_refused(line
 
     cosine = tmp_path / "cosine"
     lpt.train(load_config("demo", tiny_run_overrides(tiny_fmnist) + ["phases=[phase1]", "method=vpt"]), cosine)
+    capsys.readouterr()  # the training's own warnings
     assert main(["--quiet", "eval", "--run", str(cosine), "--tau-norm", "1", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.head=cosine, whose weights are normalised already" in err
