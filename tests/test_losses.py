@@ -1,5 +1,5 @@
 """The losses against hand computations of the formulas in docs/method.md: A-GCL, GCL, CE and the long-tail
-losses (logit adjustment, balanced softmax, LDAM-DRW, class-balanced weights, focal)."""
+losses (logit adjustment, balanced softmax, LDAM-DRW, class-balanced weights, focal, GRW, LADE)."""
 
 import math
 
@@ -13,9 +13,12 @@ from lpt.losses import (
     LDAM,
     BalancedSoftmax,
     CosineCE,
+    LADE,
     FocalLoss,
+    GeneralizedReweight,
     LogitAdjusted,
     class_balanced_weights,
+    generalized_reweight_weights,
 )
 from lpt.methods import Method, stream_losses
 
@@ -292,6 +295,75 @@ def test_drw_switches_to_class_balanced_weights_at_its_epoch():
     assert never.weights is None
 
 
+# ----------------------------------------------------------------------------- LIFT+'s GRW and LADE
+
+
+def test_generalized_reweight_weights_are_the_normalised_inverse_prior_power():
+    # counts 1, 2, 3 (prior 1/6, 2/6, 3/6): pi^-1 = 6, 3, 2 (sum 11), times 3 / 11; pi^-0.5 = sqrt(6), sqrt(3), sqrt(2)
+    assert generalized_reweight_weights([1, 2, 3], 1.0).tolist() == pytest.approx([18 / 11, 9 / 11, 6 / 11], rel=1e-6)
+    half = [math.sqrt(6), math.sqrt(3), math.sqrt(2)]
+    assert generalized_reweight_weights([1, 2, 3], 0.5).tolist() == pytest.approx([3 * w / sum(half) for w in half])
+    assert generalized_reweight_weights([1, 2, 3], 0.0).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_grw_value_and_gradient_equal_the_hand_formula():
+    """Value: the plain mean of w_y * CE; gradient d/ds_ij = scale * w_{y_i} (p_ij - [j = y_i]) / B."""
+    w = [18 / 11, 9 / 11, 6 / 11]
+    rows, t = COSINE + [[0.0, 0.3, 0.1]], TARGETS + [1]
+    s = torch.tensor(rows, requires_grad=True)
+    value = GeneralizedReweight([1, 2, 3], 5.0, exp_scale=1.0)(s, torch.tensor(t))
+    assert value.item() == pytest.approx(hand_ce(scaled(rows, 5.0), t, weights=w), rel=1e-6)
+    value.backward()
+    for i, (row, y) in enumerate(zip(rows, t)):
+        z = [5.0 * x for x in row]
+        p = [math.exp(v) / sum(math.exp(u) for u in z) for v in z]
+        want = [5.0 * w[y] * (p[j] - (j == y)) / len(rows) for j in range(3)]
+        assert s.grad[i].tolist() == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+def hand_lade(rows, targets, counts, lam=0.1, weight=0.1):
+    """LIFT+'s LADELoss (utils/losses.py:107-148) written with math only, on the scaled logits ``rows``."""
+    n_cls, batch = len(counts), len(rows)
+    prior = [n / sum(counts) for n in counts]
+    estimate = 0.0
+    for c in range(n_cls):
+        members = [row[c] for row, y in zip(rows, targets) if y == c]
+        first = sum(members) / (len(members) + 1e-8)
+        spread = [row[c] - math.log(prior[c] + 1e-9) + math.log(1 / n_cls + 1e-9) for row in rows]
+        second = math.log(sum(math.exp(v) for v in spread)) - math.log(batch)
+        estimate -= prior[c] * (first - second - lam * second ** 2)
+    return hand_ce(rows, targets, [math.log(p) for p in prior]) + weight * estimate
+
+
+def test_lade_value_and_gradient_equal_the_published_formula():
+    """Value against LIFT+'s formula by hand (one class absent from the batch, as happens), gradient against the hand
+    formula's central differences in float64."""
+    rows = [[0.5, 0.2, -0.1, 0.3], [0.1, 0.3, 0.4, -0.2], [-0.3, 0.0, 0.2, 0.6], [0.2, 0.1, 0.0, -0.4]]
+    t = [0, 2, 3, 0]  # class 1 absent
+    loss = LADE(COUNTS4, scale=5.0, remine_lambda=0.1, weight=0.1)
+    s = torch.tensor(rows, dtype=torch.float64, requires_grad=True)
+    value = loss(s, torch.tensor(t))
+    assert value.item() == pytest.approx(hand_lade(scaled(rows, 5.0), t, COUNTS4), rel=1e-6)
+    assert value.item() != pytest.approx(call(LogitAdjusted(COUNTS4, 5.0, 1.0), rows, t), rel=1e-3)
+    value.backward()
+    h = 1e-5
+    for i in range(4):
+        for j in range(4):
+            up = [[x + (h if (a, b) == (i, j) else 0.0) for b, x in enumerate(r)] for a, r in enumerate(rows)]
+            down = [[x - (h if (a, b) == (i, j) else 0.0) for b, x in enumerate(r)] for a, r in enumerate(rows)]
+            numeric = (hand_lade(scaled(up, 5.0), t, COUNTS4) - hand_lade(scaled(down, 5.0), t, COUNTS4)) / (2 * h)
+            assert s.grad[i, j].item() == pytest.approx(numeric, rel=1e-4, abs=1e-6), (i, j)
+
+
+def test_lade_with_zero_weight_is_logit_adjustment():
+    assert call(LADE(COUNTS4, 20.0, weight=0.0)) == pytest.approx(call(LogitAdjusted(COUNTS4, 20.0, 1.0)), rel=1e-6)
+
+
+def test_lade_refuses_micro_batches():
+    with pytest.raises(ConfigError, match="'loss.name' is 'lade' with grad_accum > 1"):
+        from_dict(apply_overrides({}, ["loss.name=lade", "phase2.grad_accum=2"]))
+
+
 class _CosinesIn(Method):
     """A method whose 'images' are the logits themselves (unregistered: no name of its own)."""
 
@@ -320,6 +392,10 @@ def test_stream_losses_build_the_long_tail_losses_from_the_config():
     focal = built("loss.name=focal", "loss.focal_gamma=1.5")
     assert type(focal) is FocalLoss and focal.gamma == 1.5 and focal.weights is None
     assert type(built("loss.name=bs")) is BalancedSoftmax
+    grw = built("loss.name=grw", "loss.grw_exp_scale=0.5")
+    assert type(grw) is GeneralizedReweight and grw.exp_scale == 0.5
+    lade = built("loss.name=lade", "loss.lade_lambda=0.2", "loss.lade_weight=0.3")
+    assert type(lade) is LADE and (lade.remine_lambda, lade.weight) == (0.2, 0.3)
     assert Config().loss.name == "agcl" and type(built()) is AGCL
 
 
@@ -333,6 +409,8 @@ def test_stream_losses_build_the_long_tail_losses_from_the_config():
     (["loss.cb_beta=0.99"], "loss.cb_beta", "not 'agcl'"),  # would be ignored
     (["loss.name=ldam", "loss.cb_beta=0.99"], "loss.cb_beta", "not 'ldam'"),
     (["loss.name=la", "loss.drw_epoch=3"], "loss.drw_epoch", "not 'la'"),
+    (["loss.name=grw", "loss.grw_exp_scale=-1"], "loss.grw_exp_scale", "0 or more"),
+    (["loss.name=lade", "loss.lade_weight=-1"], "loss.lade_weight", "0 or more"),
 ])
 def test_bad_long_tail_loss_values_are_one_line_errors_naming_the_key(overrides, key, expected):
     with pytest.raises(ConfigError) as info:

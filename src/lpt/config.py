@@ -87,7 +87,7 @@ class ModelConfig:
 class LossConfig:
     """Classification loss and the weights of dual sampling."""
 
-    name: str = "agcl"  # agcl | gcl | ce | la (logit adjustment) | bs (balanced softmax) | ldam | focal
+    name: str = "agcl"  # agcl | gcl | ce | la (logit adjustment) | bs (balanced softmax) | ldam | focal | grw | lade
     margin: float = 0.1  # gcl / agcl: subtracted from the true-class cosine
     scale: float = 20.0  # multiplier of the cosine logits (inverse softmax temperature)
     noise_mul: float = 0.5  # gcl / agcl: strength of the Gaussian cloud, larger for rarer classes
@@ -102,6 +102,9 @@ class LossConfig:
     drw_epoch: int = 0  # ldam: from this epoch of each phase (from 0) class-balanced weights, beta 0.9999; 0 = never
     cb_beta: float = 0.0  # ce / la / focal: class-balanced weights (1-beta) / (1-beta^n_j); 0 = off (Cui, LIFT: 0.9999)
     focal_gamma: float = 2.0  # focal: each image's CE times (1 - p_y)^gamma; 0 = CE (LIFT's default: 2)
+    grw_exp_scale: float = 1.0  # grw: class weights (n_j / sum n)^(-this), mean 1; 0 = CE (LIFT+'s default: 1)
+    lade_lambda: float = 0.1  # lade: weight of the squared second term of the regularised MINE bound (LIFT+: 0.1)
+    lade_weight: float = 0.1  # lade: weight of the label-distribution estimate beside the adjusted CE (LIFT+: 0.1)
 
 
 @dataclass
@@ -185,7 +188,7 @@ CHOICES = {
     "data.decode": ("exact", "fast", "gpu"),
     "data.test_resize_mode": ("shorter", "square"),
     "data.interpolation": ("bicubic", "bilinear"),
-    "loss.name": ("agcl", "gcl", "ce", "la", "bs", "ldam", "focal"),
+    "loss.name": ("agcl", "gcl", "ce", "la", "bs", "ldam", "focal", "grw", "lade"),
     "phase1.sampling": ("dual", "instance", "balanced"),
     "phase2.sampling": ("dual", "instance", "balanced"),
     "precision": ("fp32", "bf16", "fp16"),
@@ -260,6 +263,9 @@ def validate(cfg: Config) -> Config:
                           "validation split; the test split is never used to choose a checkpoint")
     _validate_data(cfg.data)
     _validate_loss(cfg.loss)
+    if cfg.loss.name == "lade" and any(getattr(cfg, p).grad_accum > 1 for p in cfg.phases):
+        raise ConfigError("config key 'loss.name' is 'lade' with grad_accum > 1; LADE's bound is a statistic of the "
+                          "whole batch, which micro-batches would change: set grad_accum=1")
     _validate_text(m)
     return cfg
 
@@ -277,7 +283,8 @@ def _validate_text(m: ModelConfig) -> None:
 def _validate_loss(lc: LossConfig) -> None:
     """The ranges of the long-tail loss keys, and the losses each key applies to (a key that would be ignored)."""
     for key, value in {"tau": lc.tau, "max_margin": lc.max_margin, "drw_epoch": lc.drw_epoch,
-                       "focal_gamma": lc.focal_gamma}.items():
+                       "focal_gamma": lc.focal_gamma, "grw_exp_scale": lc.grw_exp_scale,
+                       "lade_lambda": lc.lade_lambda, "lade_weight": lc.lade_weight}.items():
         if value < 0:
             raise ConfigError(f"config key 'loss.{key}' is {value}; expected 0 or more")
     if not 0 <= lc.cb_beta < 1:

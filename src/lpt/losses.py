@@ -1,17 +1,21 @@
-"""Classification losses on the model's logits: CE, GCL, A-GCL and the long-tail losses LA, BS, LDAM(-DRW), focal.
+"""Classification losses on the model's logits: CE, GCL, A-GCL and the long-tail losses LA, BS, LDAM(-DRW), focal,
+GRW and LADE.
 
 GCL is the Gaussian clouded logit of Li et al. (CVPR 2022); A-GCL is LPT's variant (Dong et al.,
 ICLR 2023, Sec. 3.3) that replaces cross-entropy by the asymmetric focusing of ASL with label
 smoothing. Logit adjustment (Menon et al., ICLR 2021), balanced softmax (Ren et al., NeurIPS 2020),
 LDAM with deferred re-weighting (Cao et al., NeurIPS 2019), focal loss (Lin et al., ICCV 2017) and
 class-balanced weights (Cui et al., CVPR 2019) follow their papers and LIFT's ``utils/losses.py``
-(shijxcs/LIFT). All losses take the logits (cosines in [-1, 1] for the cosine head, raw for a linear
-head) and apply ``scale`` themselves; docs/method.md states each form.
+(shijxcs/LIFT); generalized re-weighting (Zhang et al., CVPR 2021) and LADE (Hong et al., CVPR 2021) follow
+LIFT+'s (shijxcs/LIFT-plus@ea555ea utils/losses.py:63-76 and 107-148). All losses take the logits (cosines in
+[-1, 1] for the cosine head, raw for a linear head) and apply ``scale`` themselves; docs/method.md states each form.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import math
 
 import torch
 import torch.nn as nn
@@ -35,6 +39,14 @@ def class_balanced_weights(class_counts: Sequence[int] | torch.Tensor, beta: flo
     """
     counts = checked_counts(class_counts)
     w = (1.0 - beta) / (1.0 - beta ** counts)
+    return (w * len(counts) / w.sum()).float()
+
+
+def generalized_reweight_weights(class_counts: Sequence[int] | torch.Tensor, exp_scale: float) -> torch.Tensor:
+    """GRW's weights ``pi_j^(-exp_scale)`` with ``pi_j = n_j / sum n``, normalised to mean 1 (sum C), as LIFT+'s
+    ``GeneralizedReweightLoss`` (shijxcs/LIFT-plus@ea555ea utils/losses.py:63-70); ``exp_scale = 0`` is all ones."""
+    counts = checked_counts(class_counts)
+    w = (counts / counts.sum()).pow(-exp_scale)
     return (w * len(counts) / w.sum()).float()
 
 
@@ -164,6 +176,50 @@ class LDAM(CosineCE):
         return self.scale * (logits.float() - margin)
 
 
+class GeneralizedReweight(CosineCE):
+    """Generalized re-weighting (Zhang et al., "Distribution Alignment", CVPR 2021), LIFT+'s ``GRW`` loss:
+    ``mean_i w_{y_i} * CE(scale * s_i, y_i)`` with :func:`generalized_reweight_weights` (``exp_scale`` 1 in LIFT+,
+    shijxcs/LIFT-plus@ea555ea trainer.py:202-203). As for the class-balanced weights, the batch takes the plain mean
+    (LIFT+ divides by the batch's sum of weights), so that micro-batches add up under ``grad_accum``.
+    """
+
+    def __init__(self, class_counts: Sequence[int] | torch.Tensor, scale: float = 20.0, exp_scale: float = 1.0,
+                 label_smoothing: float = 0.0):
+        super().__init__(scale, label_smoothing, class_counts, 0.0)
+        self.exp_scale = exp_scale
+        self.weights = generalized_reweight_weights(class_counts, exp_scale)
+
+
+class LADE(LogitAdjusted):
+    """LADE (Hong et al., "Disentangling Label Distribution for Long-tailed Visual Recognition", CVPR 2021), as
+    LIFT+'s ``LADELoss`` (shijxcs/LIFT-plus@ea555ea utils/losses.py:107-148): with ``z = scale * s``,
+
+    ``loss = CE(z + log pi) - weight * sum_c pi_c * (A_c - B_c - lambda * B_c^2)``, where
+    ``A_c = sum_{i: y_i = c} z_ic / (n_c + 1e-8)`` (``n_c`` images of class c in the batch) and
+    ``B_c = logsumexp_i(z_ic - log(pi_c + 1e-9) + log(1/C + 1e-9)) - log B`` over the batch's B images: the
+    regularised MINE lower bound of the balanced label distribution, weighted by the prior. ``lambda`` 0.1 and
+    ``weight`` 0.1 are LIFT+'s defaults. The bound is a batch statistic: a step split into micro-batches gives
+    another loss, so ``grad_accum`` is refused with it (:func:`lpt.config.validate`).
+    """
+
+    def __init__(self, class_counts: Sequence[int] | torch.Tensor, scale: float = 20.0, remine_lambda: float = 0.1,
+                 weight: float = 0.1, label_smoothing: float = 0.0):
+        super().__init__(class_counts, scale, 1.0, label_smoothing)
+        counts = checked_counts(class_counts)
+        self.register_buffer("prior", (counts / counts.sum()).float(), persistent=False)
+        self.remine_lambda = remine_lambda
+        self.weight = weight
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        z = self.scale * logits.float()
+        member = F.one_hot(targets, z.shape[1]).T.to(z.dtype)  # [C, B]
+        first = (z.T * member).sum(1) / (member.sum(1) + 1e-8)
+        spread = z.T - (self.prior + 1e-9).log()[:, None] + math.log(1.0 / z.shape[1] + 1e-9)
+        second = torch.logsumexp(spread, dim=1) - math.log(z.shape[0])
+        bound = first - second - self.remine_lambda * second ** 2
+        return super().forward(logits, targets) - self.weight * (bound * self.prior).sum()
+
+
 class GCL(nn.Module):
     """Gaussian clouded logit loss: cross-entropy on logits perturbed by class-size-dependent noise.
 
@@ -251,7 +307,8 @@ class AGCL(GCL):
 def build_loss(name: str, class_counts: Sequence[int], *, margin: float, scale: float, noise_mul: float,
                label_smoothing: float, gamma_pos: float = 0.0, gamma_neg: float = 0.0, tau: float = 1.0,
                max_margin: float = 0.5, drw_epoch: int = 0, cb_beta: float = 0.0,
-               focal_gamma: float = 2.0) -> nn.Module:
+               focal_gamma: float = 2.0, grw_exp_scale: float = 1.0, lade_lambda: float = 0.1,
+               lade_weight: float = 0.1) -> nn.Module:
     """Build a loss by name; raises KeyError listing the valid names."""
     ls = label_smoothing
     build = {
@@ -262,6 +319,8 @@ def build_loss(name: str, class_counts: Sequence[int], *, margin: float, scale: 
         "bs": lambda: BalancedSoftmax(class_counts, scale, ls),
         "ldam": lambda: LDAM(class_counts, scale, max_margin, drw_epoch, ls),
         "focal": lambda: FocalLoss(class_counts, scale, focal_gamma, ls, cb_beta),
+        "grw": lambda: GeneralizedReweight(class_counts, scale, grw_exp_scale, ls),
+        "lade": lambda: LADE(class_counts, scale, lade_lambda, lade_weight, ls),
     }
     if name not in build:
         raise KeyError(f"unknown loss '{name}'; choose one of {', '.join(build)}")

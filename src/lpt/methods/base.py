@@ -33,7 +33,8 @@ def stream_losses(cfg: Config, class_counts: list[int]) -> nn.ModuleDict:
         s: build_loss(lc.name, class_counts, margin=lc.margin, scale=lc.scale, noise_mul=lc.noise_mul,
                       label_smoothing=lc.label_smoothing, gamma_pos=gammas[s][0], gamma_neg=gammas[s][1],
                       tau=lc.tau, max_margin=lc.max_margin, drw_epoch=lc.drw_epoch, cb_beta=lc.cb_beta,
-                      focal_gamma=lc.focal_gamma)
+                      focal_gamma=lc.focal_gamma, grw_exp_scale=lc.grw_exp_scale, lade_lambda=lc.lade_lambda,
+                      lade_weight=lc.lade_weight)
         for s in STREAMS
     })
 
