@@ -19,14 +19,16 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.transform import image_transform
+from PIL import Image
 from conftest import CLIP_DIM, CLIP_EMBED
 
 from lpt.cli import main
 from lpt.config import ConfigError, load_config
-from lpt.data import build_datasets, with_eval_transform
+from lpt.data import build_datasets, build_transform, with_eval_transform
 from lpt.data.names import clean_name, prompt_names
 from lpt.engine.step import Env
-from lpt.methods.zeroshot import ZERO_SHOT_OVERRIDES
+from lpt.methods.zeroshot import ZERO_SHOT_OVERRIDES, zero_shot_config
 from lpt.model.build import build_model, check_fits
 from lpt.model.text import class_embeddings, prompt_templates
 from lpt.run import files
@@ -467,3 +469,14 @@ def test_readmes_clip_commands_resolve_with_one_activation_for_both_towers(tmp_p
     assert len(commands) == 3
     backbones = {resolve(argv, stand_in).model.backbone for argv in commands}
     assert backbones == {"vit_base_patch16_clip_quickgelu_224.openai", "vit_base_patch16_clip_224.laion2b"}
+
+
+@pytest.mark.parametrize("preset", ["lift_clip_places_lt", "lpt_clip_inat2018"])
+def test_zero_shot_evaluates_with_clips_own_transform(preset):
+    """``lpt eval --zero-shot`` sees what CLIP's preprocessing makes of a non-square image (open_clip's evaluation
+    transform: bicubic resize of the shorter side to 224, centre crop), not the preset's 256-pixel resize."""
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    d = zero_shot_config(preset, []).data
+    clip = image_transform(224, is_train=False, mean=tuple(d.mean), std=tuple(d.std))
+    torch.testing.assert_close(build_transform(d, train=False)(photo), clip(photo))
+    assert zero_shot_config(preset, ["data.test_resize=256"]).data.test_resize == 256  # the command line wins

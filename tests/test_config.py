@@ -73,6 +73,9 @@ def test_test_resize_below_img_size_is_refused(capsys):
     assert main(["train", "--config", "demo", "data.img_size=32", "data.test_resize=28"]) == 2
     assert capsys.readouterr().err == ("lpt train: error: config key 'data.test_resize' is 28; expected 0 (follow "
                                        "data.img_size) or at least data.img_size (32)\n")
+    assert main(["train", "--config", "demo", "data.img_size=32", "data.test_resize=0", "data.init_resize=28"]) == 2
+    assert capsys.readouterr().err == ("lpt train: error: config key 'data.init_resize' is 28; expected 0 (follow "
+                                       "data.test_resize) or at least data.img_size (32)\n")
 
 
 # ----------------------------------------------------------------------------- overrides
@@ -163,9 +166,9 @@ def test_wrong_type_names_the_key(override, key, expected):
 
 
 def test_invalid_choice_lists_choices():
-    msg = config_error(["loss.name=lade"])
-    assert "loss.name" in msg and "lade" in msg
-    for choice in ("agcl", "gcl", "ce", "la", "bs", "ldam", "focal"):
+    msg = config_error(["loss.name=ride"])
+    assert "loss.name" in msg and "ride" in msg
+    for choice in ("agcl", "gcl", "ce", "la", "bs", "ldam", "focal", "grw", "lade"):
         assert choice in msg
 
 

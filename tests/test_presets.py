@@ -13,19 +13,23 @@ import re
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torchvision import transforms as tv
 
 from conftest import CLIP_EMBED
 
 from lpt.config import load_config, preset_names
+from lpt.data import build_init_transform, build_transform
 from lpt.methods import REGISTRY
 from lpt.model.peft import bottleneck_dim
 
 BENCHMARKS = {  # preset -> classes of its benchmark
     "places_lt": 365, "imagenet_lt": 1000, "inat2018": 8142, "cifar100_lt": 100,
     "vpt_deep_places_lt": 365, "vpt_shallow_places_lt": 365, "linear_places_lt": 365, "full_places_lt": 365,
-    **{f"{recipe}_{name}": classes for recipe in ("lift", "lpt_adaptformer", "lift_clip", "lpt_clip")
+    **{f"{recipe}_{name}": classes for recipe in ("lift", "lift_in21k", "lpt_adaptformer", "lift_clip", "lpt_clip")
        for name, classes in (("places_lt", 365), ("imagenet_lt", 1000), ("inat2018", 8142), ("cifar100_lt", 100))},
 }
 LPT_PRESETS = ("places_lt", "imagenet_lt", "inat2018", "cifar100_lt")
@@ -132,6 +136,56 @@ def test_baseline_presets(name, method, depth, head, loss):
     assert (cfg.method, cfg.model.prompt_depth, cfg.model.head, cfg.loss.name) == (method, depth, head, loss)
     assert cfg.phases == ["phase1"] and cfg.phase1.sampling == "instance" and cfg.loss.scale == 1.0
     assert cfg.data == load_config("places_lt").data  # same data as LPT on Places-LT
+
+
+def test_vpt_shallow_trains_with_the_optimiser_of_places_lt():
+    cfg, lpt = load_config("vpt_shallow_places_lt"), load_config("places_lt")
+    keys = ("batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "schedule")
+    assert [getattr(cfg.phase1, k) for k in keys] == [getattr(lpt.phase1, k) for k in keys]
+    assert cfg.model.layer_norm_eps == lpt.model.layer_norm_eps == 1e-5
+
+
+# ----------------------------------------------------------------------------- LIFT's own transforms
+
+LIFT_FAMILY = [name for name in preset_names() if name.startswith("lift")]
+
+
+def lift_pipelines(name: str, mean, std) -> dict[str, tv.Compose]:
+    """The evaluation pipelines of a preset's source, written with torchvision as the source writes them: LIFT
+    (shijxcs/LIFT@661ead9 trainer.py:109-147: bilinear, Resize(224 * 8 // 7) / Resize(224 + 24) + FiveCrop /
+    Resize(224) for the class-mean init) and LIFT+ (shijxcs/LIFT-plus@ea555ea trainer.py:135-156: the same sizes,
+    bicubic)."""
+    how = tv.InterpolationMode.BICUBIC if name.startswith("lift_plus") else tv.InterpolationMode.BILINEAR
+    size = 336 if "336" in name else 224
+    finish = [tv.ToTensor(), tv.Normalize(mean, std)]
+    return {
+        "test": tv.Compose([tv.Resize(size * 8 // 7, interpolation=how), tv.CenterCrop(size), *finish]),
+        "init": tv.Compose([tv.Resize(size, interpolation=how), tv.CenterCrop(size), *finish]),
+        "crops": tv.Compose([tv.Resize(size + (21 if "l14" in name else 24), interpolation=how), tv.FiveCrop(size),
+                             tv.Lambda(lambda crops: torch.stack([tv.Normalize(mean, std)(tv.ToTensor()(c))
+                                                                  for c in crops]))]),
+    }
+
+
+@pytest.fixture(scope="module")
+def wide_photo() -> Image.Image:
+    """A 400 x 300 image of noise: every crop box gives other pixels."""
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("name", LIFT_FAMILY)
+def test_lift_presets_crop_as_their_source_on_a_non_square_image(name, wide_photo):
+    """Test, class-mean-init and five-crop views equal the source's torchvision pipelines (FiveCrop's order is
+    top-left, top-right, bottom-left, bottom-right, centre; lpt puts the centre first); the square resize the
+    presets had before would give other pixels."""
+    d = load_config(name).data
+    theirs = lift_pipelines(name, d.mean, d.std)
+    torch.testing.assert_close(build_transform(d, train=False)(wide_photo), theirs["test"](wide_photo))
+    torch.testing.assert_close(build_init_transform(d)(wide_photo), theirs["init"](wide_photo))
+    crops = build_transform(d, train=False, expand=load_config(name).tta_expand)(wide_photo)
+    torch.testing.assert_close(crops[[1, 2, 3, 4, 0]], theirs["crops"](wide_photo))
+    square = build_transform(load_config(name, ["data.test_resize_mode=square"]).data, train=False)(wide_photo)
+    assert not torch.allclose(square, theirs["test"](wide_photo), atol=0.1)
 
 
 # ----------------------------------------------------------------------------- two training steps each

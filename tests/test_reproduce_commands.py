@@ -20,7 +20,7 @@ import pytest
 from lpt.cli import build_parser
 from lpt.config import ConfigError, load_config
 from lpt.methods import check_config
-from lpt.methods.zeroshot import ZERO_SHOT_OVERRIDES
+from lpt.methods.zeroshot import zero_shot_config
 from lpt.model.build import check_fits
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reproduce.md"
@@ -67,7 +67,7 @@ def resolve(argv: list[str], stand_in: Path, subcommand: str = "train"):
                  for o in args.overrides]
     if subcommand == "eval":
         assert args.zero_shot, "the page evaluates runs with lpt eval --run only where it says so"
-        cfg = load_config(args.config, ZERO_SHOT_OVERRIDES + overrides)
+        cfg = zero_shot_config(args.config, overrides)
     else:
         cfg = load_config(args.config, overrides + (["deterministic=true"] if args.deterministic else []))
     check_config(cfg)

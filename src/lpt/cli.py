@@ -140,12 +140,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _zero_shot(args: argparse.Namespace) -> int:
     """``lpt eval --zero-shot``: CLIP's own classifier on a config's data, written as a run (method zeroshot)."""
-    from lpt.methods.zeroshot import ZERO_SHOT_OVERRIDES
+    from lpt.methods.zeroshot import zero_shot_config
 
     if not args.config or args.run:
         raise ConfigError("lpt eval --zero-shot needs --config PRESET_OR_YAML (a CLIP preset, e.g. "
                           "lift_clip_places_lt) and no --run")
-    cfg = load_config(args.config, ZERO_SHOT_OVERRIDES + args.overrides)
+    cfg = zero_shot_config(args.config, args.overrides)
     out = Path(args.out) if args.out else _default_out(f"{Path(args.config).stem}-zeroshot")
     return _run_interruptible([(cfg, out)], "zero-shot test accuracy %:")
 

@@ -47,6 +47,7 @@ class DataConfig:
     img_size: int = 224  # training and evaluation crop
     test_resize: int = 0  # resize before the centre crop at evaluation (see test_resize_mode); 0: img_size * 256 / 224
     test_resize_mode: str = "shorter"  # shorter: shorter side to test_resize | square: test_resize x test_resize
+    init_resize: int = 0  # head_init class_mean / linear_probe: resize before their centre crop; 0 = test_resize
     interpolation: str = "bicubic"  # bicubic (timm's ViT configs) | bilinear (torchvision's default)
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per channel, on pixels scaled to [0, 1]
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per channel: (pixel - mean) / std
@@ -315,9 +316,11 @@ def _validate_data(d: DataConfig) -> None:
         raise ConfigError(f"config key 'data.imbalance_ratio' is {d.imbalance_ratio}; expected 1 or more")
     if len(d.mean) != len(d.std):
         raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
-    if d.test_resize != 0 and d.test_resize < d.img_size:
-        raise ConfigError(f"config key 'data.test_resize' is {d.test_resize}; expected 0 (follow "
-                          f"data.img_size) or at least data.img_size ({d.img_size})")
+    for key, resize in (("test_resize", d.test_resize), ("init_resize", d.init_resize)):
+        if resize != 0 and resize < d.img_size:
+            raise ConfigError(f"config key 'data.{key}' is {resize}; expected 0 (follow "
+                              f"data.{'img_size' if key == 'test_resize' else 'test_resize'}) or at least "
+                              f"data.img_size ({d.img_size})")
     d.test_resize = test_resize_of(d)
 
 

@@ -6,6 +6,8 @@ Resizing is bicubic by default, the interpolation of timm's pretrained ViT confi
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
@@ -99,6 +101,13 @@ def build_transform(cfg: DataConfig, train: bool, normalize: bool = True, expand
         *(finish if normalize else []),
         v2.ToPureTensor(),
     ])
+
+
+def build_init_transform(cfg: DataConfig) -> v2.Compose:
+    """The evaluation transform that the training features of ``model.head_init`` (class means, linear probe) see:
+    resized to ``init_resize`` where it is set (LIFT's ``transform_plain``, Resize(224) + CenterCrop(224),
+    shijxcs/LIFT@661ead9 trainer.py:109-114), else as the test images."""
+    return build_transform(dataclasses.replace(cfg, test_resize=cfg.init_resize or cfg.test_resize), train=False)
 
 
 class UprightRGB:

@@ -11,7 +11,8 @@ from the class names.
   CLIP exactly; without it (LIFT's way) they are the tower's features before its projection ``P`` (``[E, D]``),
   and each class starts at ``normalize(t @ P)``, LIFT's ``text_features @ proj.t()``.
 
-The features are the ViT's as built, with the evaluation transform, before any prompt: LoRA,
+The features are the ViT's as built, with the evaluation transform (resized to ``data.init_resize`` where it is
+set: :func:`lpt.data.build_init_transform`), before any prompt: LoRA,
 Adapter and AdaptFormer start at identity, so with them these are the frozen ViT's exactly (LIFT
 turns its modules off for this); SSF starts near identity (N(1, 0.02)).
 """
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from lpt.config import Config, ConfigError
-from lpt.data import DataSplits, with_eval_transform
+from lpt.data import DataSplits, build_init_transform, with_transform
 from lpt.data.names import prompt_names
 from lpt.engine.step import Env
 from lpt.evaluation import source_features
@@ -86,7 +87,8 @@ def init_head(model: LPT, splits: DataSplits, cfg: Config, env: Env) -> dict | N
 
 def _fit_head(model: LPT, splits: DataSplits, cfg: Config, env: Env) -> None:
     """The classifier rows from the training features: class means or a logistic regression's weights."""
-    out = evaluate_with(cfg, model, with_eval_transform(splits.train, cfg.data), source_features(model, ["plain"]),
+    train = with_transform(splits.train, build_init_transform(cfg.data))
+    out = evaluate_with(cfg, model, train, source_features(model, ["plain"]),
                         device=env.device, dist=env.dist, desc=f"head init ({cfg.model.head_init})")
     fit = class_means if cfg.model.head_init == "class_mean" else probe_weights
     model.head.weight.copy_(F.normalize(fit(out["plain"], out["labels"], splits.num_classes), dim=1))
