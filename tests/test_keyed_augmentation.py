@@ -95,7 +95,7 @@ def test_a_key_draws_what_torch_manual_seed_of_it_draws_and_leaves_the_callers_g
 
     torch.manual_seed(5)
     before = torch.random.get_rng_state()
-    keyed = KeyedAugmentation(Draw())[(0, 12345)]
+    keyed = KeyedAugmentation(Draw())[(0, 12345, 0.0)]
     assert torch.equal(torch.random.get_rng_state(), before)
     torch.manual_seed(12345)
     plain = Draw()[0]

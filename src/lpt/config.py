@@ -51,7 +51,8 @@ class DataConfig:
     interpolation: str = "bicubic"  # bicubic (timm's ViT configs) | bilinear (torchvision's default)
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per channel, on pixels scaled to [0, 1]
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per channel: (pixel - mean) / std
-    train_aug: str = "rrc_flip"  # rrc_flip | crop_flip | none
+    train_aug: str = "rrc_flip"  # rrc_flip | mda (LIFT+: square crops, scale rising over the epochs) | crop_flip | none
+    mda_func: str = "convex"  # train_aug=mda: how its minimum crop scale rises: min | convex | linear | concave | max
     decode: str = "exact"  # training crops of rrc_flip on image files: exact | fast (DCT-scaled) | gpu (nvJPEG)
     num_workers: int = 4  # image-loading processes per stream; 0 loads in the training process
     samples_per_class: int = 4  # class-balanced sampling: images taken from each picked class
@@ -185,7 +186,8 @@ CHOICES = {
     "model.templates": ("single", "ensemble"),
     "model.prompt_depth": ("deep", "shallow"),
     "model.query": ("shared", "plain"),
-    "data.train_aug": ("rrc_flip", "crop_flip", "none"),
+    "data.train_aug": ("rrc_flip", "mda", "crop_flip", "none"),
+    "data.mda_func": ("min", "convex", "linear", "concave", "max"),
     "data.decode": ("exact", "fast", "gpu"),
     "data.test_resize_mode": ("shorter", "square"),
     "data.interpolation": ("bicubic", "bilinear"),

@@ -46,7 +46,8 @@ class _ShardedSampler(Sampler[int]):
         self.seed = seed
         self.epoch = 0
         self.skip = 0
-        self.key_salt: int | None = None  # set: yield (index, augmentation key) pairs (keyed_augmentation)
+        self.key_salt: int | None = None  # set: yield (index, augmentation key, progress) (keyed_augmentation)
+        self.epochs = 1  # the phase's epochs: the progress of epoch e is e / (epochs - 1) (data.train_aug=mda)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Select the epoch whose sequence the next iteration yields, leaving out this rank's first
@@ -63,7 +64,9 @@ class _ShardedSampler(Sampler[int]):
         if self.key_salt is None:
             return iter(indices)
         positions = range(self.rank + self.skip * self.world_size, self.total, self.world_size)
-        return ((index, sample_key(self.seed, self.epoch, self.key_salt, p)) for index, p in zip(indices, positions))
+        progress = self.epoch / (self.epochs - 1) if self.epochs > 1 else 0.0
+        return ((index, sample_key(self.seed, self.epoch, self.key_salt, p), progress)
+                for index, p in zip(indices, positions))
 
     def __len__(self) -> int:
         return self.total // self.world_size
@@ -161,7 +164,9 @@ def sample_key(seed: int, epoch: int, stream: int, position: int) -> int:
 
 class KeyedAugmentation(Dataset):
     """``dataset[index]`` with torch's CPU generator seeded by the sampler's key for that sample, the caller's
-    generator state left as it was (torchvision's random transforms draw from torch's CPU generator).
+    generator state left as it was (torchvision's random transforms draw from torch's CPU generator), and the
+    phase's progress (epoch / (epochs - 1)) told to the transforms that follow a schedule over the epochs
+    (``set_progress``: MDA's crop), so that they too depend on nothing but the sample's place in the run.
 
     Only the CPU generator is seeded: ``torch.manual_seed`` would also reseed every CUDA generator (clobbering the
     training process's with ``num_workers=0``; fork_rng restores the CPU one only), and where CUDA is not yet
@@ -170,12 +175,16 @@ class KeyedAugmentation(Dataset):
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
+        steps = getattr(getattr(dataset, "transform", None), "transforms", ())
+        self.scheduled = [t for t in steps if hasattr(t, "set_progress")]
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int]):
-        index, key = item
+    def __getitem__(self, item: tuple[int, int, float]):
+        index, key, progress = item
+        for transform in self.scheduled:
+            transform.set_progress(progress)
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(key)
             return self.dataset[index]
@@ -233,7 +242,8 @@ def _loader(dataset: Dataset, sampler: _ShardedSampler, batch_size: int, num_wor
 
 def build_train_stream(dataset: Dataset, sampling: str, batch_size: int, samples_per_class: int, num_workers: int,
                        seed: int, rank: int | None = None, world_size: int | None = None,
-                       pin_memory: bool = False, keyed: bool = True, collate: Callable | None = None) -> TrainStream:
+                       pin_memory: bool = False, keyed: bool = True, collate: Callable | None = None,
+                       epochs: int = 1) -> TrainStream:
     """The training batches of one rank for ``dual``, ``instance`` or ``balanced`` sampling.
 
     An epoch has ``ceil(N / (batch_size * world_size))`` steps in every mode. Each stream's
@@ -252,6 +262,7 @@ def build_train_stream(dataset: Dataset, sampling: str, batch_size: int, samples
         keyed: seed each sample's random transform from (seed, epoch, stream, position) (:func:`sample_key`):
             augmentation independent of loader processes, ranks and resume point.
         collate: the DataLoaders' ``collate_fn``; None: PyTorch's default (``data.decode=gpu`` keeps JPEG bytes).
+        epochs: the phase's epochs, over which a keyed transform's schedule runs (``data.train_aug=mda``).
     """
     if sampling not in SAMPLING:
         raise ConfigError(f"sampling is {sampling!r}; expected one of {', '.join(SAMPLING)}")
@@ -273,6 +284,7 @@ def build_train_stream(dataset: Dataset, sampling: str, batch_size: int, samples
     loaders = {}
     for i, (key, sampler) in enumerate(samplers.items()):  # i: the stream, in its seed and its samples' keys
         sampler.key_salt = i if keyed else None
+        sampler.epochs = epochs
         loaders[key] = _loader(dataset, sampler, batch_size, num_workers, pin_memory, _stream_seed(seed, rank, i),
                                collate)
     return TrainStream(loaders, iterations)

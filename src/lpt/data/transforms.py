@@ -7,6 +7,8 @@ Resizing is bicubic by default, the interpolation of timm's pretrained ViT confi
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 
 import torch
 from PIL import Image
@@ -25,16 +27,70 @@ def rrc_flip(cfg: DataConfig) -> tuple[v2.RandomResizedCrop, v2.RandomHorizontal
     return v2.RandomResizedCrop(cfg.img_size, interpolation=how, antialias=True), v2.RandomHorizontalFlip()
 
 
+MDA_SCHEDULES: dict[str, Callable[[float], float]] = {  # shijxcs/LIFT-plus@ea555ea utils/transforms.py:29-47
+    "min": lambda t: 0.0,
+    "convex": lambda t: 1.0 - math.sqrt(1.0 - t * t),
+    "linear": lambda t: t,
+    "concave": lambda t: math.sqrt(1.0 - (1.0 - t) ** 2),
+    "max": lambda t: 1.0,
+}
+
+
+class MinimalistRandomResizedCrop:
+    """LIFT+'s minimalist data augmentation (MDA; Shi, Wei, Li 2025; shijxcs/LIFT-plus@ea555ea
+    utils/transforms.py:11-95): a random *square* crop, no flip, resized to ``size``. Its area is a uniform
+    fraction of the image's in ``[s_min, 1]``, both capped at the largest square's, and ``s_min`` rises over the
+    epochs: ``s_min = lo + f(t) * (1 - lo)`` with ``lo`` 0.08, ``t = epoch / (epochs - 1)`` (``set_progress``;
+    :class:`lpt.data.samplers.KeyedAugmentation` sets it per sample) and ``f`` one of :data:`MDA_SCHEDULES`
+    (``convex`` by default, as LIFT+). The draws (area, then top and left) come from torch's CPU generator, as
+    torchvision's; a one-epoch phase stays at ``t = 0`` (LIFT+ divides by zero there)."""
+
+    def __init__(self, size: int, schedule: str = "convex",
+                 interpolation: InterpolationMode = InterpolationMode.BICUBIC,
+                 scale: tuple[float, float] = (0.08, 1.0)):
+        self.size, self.schedule, self.interpolation, self.scale = size, MDA_SCHEDULES[schedule], interpolation, scale
+        self.schedule_name = schedule
+        self.progress = 0.0
+
+    def set_progress(self, progress: float) -> None:
+        self.progress = progress
+
+    def min_scale(self) -> float:
+        low, high = self.scale
+        return low + self.schedule(self.progress) * (high - low)
+
+    def box(self, height: int, width: int) -> tuple[int, int, int]:
+        """(top, left, side) of the square crop of an image ``height`` x ``width``."""
+        area = height * width
+        square = min(height, width) ** 2 / area
+        low, high = min(self.min_scale(), square), min(self.scale[1], square)
+        side = int(round(math.sqrt(area * torch.empty(1).uniform_(low, high).item())))
+        top = int(torch.randint(0, height - side + 1, size=(1,)).item())
+        left = int(torch.randint(0, width - side + 1, size=(1,)).item())
+        return top, left, side
+
+    def __call__(self, image):
+        top, left, side = self.box(*v2.functional.get_size(image))
+        return v2.functional.resized_crop(image, top, left, side, side, [self.size, self.size],
+                                          interpolation=self.interpolation, antialias=True)
+
+    def __repr__(self) -> str:
+        return f"MinimalistRandomResizedCrop(size={self.size}, schedule={self.schedule_name}, progress={self.progress})"
+
+
 def _train_geometry(cfg: DataConfig) -> list[v2.Transform]:
     size, how = cfg.img_size, INTERPOLATION[cfg.interpolation]
     if cfg.train_aug == "rrc_flip":
         return list(rrc_flip(cfg))
+    if cfg.train_aug == "mda":
+        return [MinimalistRandomResizedCrop(size, cfg.mda_func, how)]
     if cfg.train_aug == "crop_flip":  # for small images (CIFAR, Fashion-MNIST): upsample, pad-and-crop
         return [v2.Resize(size, interpolation=how, antialias=True), v2.RandomCrop(size, padding=size // 8),
                 v2.RandomHorizontalFlip()]
     if cfg.train_aug == "none":
         return _eval_geometry(size, size, "shorter", how)
-    raise ConfigError(f"config key 'data.train_aug' is {cfg.train_aug!r}; expected one of rrc_flip, crop_flip, none")
+    raise ConfigError(f"config key 'data.train_aug' is {cfg.train_aug!r}; expected one of rrc_flip, mda, crop_flip, "
+                      "none")
 
 
 def _resize(side: int, mode: str, how: InterpolationMode) -> v2.Resize:
@@ -64,7 +120,8 @@ class FiveCrops:
 def build_transform(cfg: DataConfig, train: bool, normalize: bool = True, expand: int | None = None) -> v2.Compose:
     """The training or evaluation transform of a data configuration.
 
-    Training: ``rrc_flip`` (RandomResizedCrop + horizontal flip), ``crop_flip`` (resize the short
+    Training: ``rrc_flip`` (RandomResizedCrop + horizontal flip), ``mda`` (LIFT+'s
+    :class:`MinimalistRandomResizedCrop`, ``data.mda_func``), ``crop_flip`` (resize the short
     side to img_size, RandomCrop with padding img_size // 8, flip) or ``none`` (resize + centre
     crop). Evaluation: resize the short side to ``test_resize`` (when it is 0, img_size * 256 / 224;
     img_size when it is smaller), keeping the aspect ratio, or with ``test_resize_mode=square`` the

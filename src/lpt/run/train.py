@@ -272,7 +272,7 @@ def _phase_stream(run: _Training, method: Method, pcfg) -> TrainStream:
                                 0 if method.features else cfg.data.num_workers, cfg.seed, rank=env.dist.rank,
                                 world_size=env.dist.world_size,
                                 pin_memory=env.device.type == "cuda" and not method.features, keyed=not method.features,
-                                collate=images.collate)
+                                collate=images.collate, epochs=pcfg.epochs)
     stream.finish = images.finish
     return stream
 
