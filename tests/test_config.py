@@ -256,3 +256,13 @@ def test_bad_override_on_a_preset_names_the_key():
 def test_backbone_args_entry_without_value_is_refused():
     with pytest.raises(ConfigError, match="backbone_args.*img_size:28"):
         load_config("demo", ["model.backbone_args={img_size:28}"])
+
+
+@pytest.mark.parametrize("liftplus, ours", [("none", "random"), ("linear_probing", "linear_probe"),
+                                            ("class_mean", "class_mean"), ("semantic", "text")])
+def test_liftplus_classifier_init_names_are_read_as_head_init(liftplus, ours, tmp_path):
+    extra = ["model.text=ViT-B-16"] if ours == "text" else []
+    cfg = load_config("demo", [f"model.head_init={liftplus}", *extra])
+    assert cfg.model.head_init == ours
+    save_config(cfg, tmp_path / "config.yaml")  # the run says what ran
+    assert read_yaml(tmp_path / "config.yaml")["model"]["head_init"] == ours

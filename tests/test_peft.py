@@ -12,7 +12,7 @@ import lpt
 from lpt.config import ConfigError, load_config
 from lpt.methods import check_config
 from lpt.model import LPT
-from lpt.model.peft import add_peft, bottleneck_dim
+from lpt.model.peft import add_peft, aft_ratio, bottleneck_dim, random_mask
 from lpt.model.prompted_vit import block_forward, deep_prompt_blocks, embed, plain_blocks, pooled_feature
 from lpt.run.load import evaluate_run
 from tests.conftest import tiny_run_overrides
@@ -125,6 +125,7 @@ def test_lift_bottleneck_rule():
     (["ln"], {"norm1", "norm2"}),
     (["ssf"], {"ssf"}),
     (["adapter"], {"adapter"}),
+    (["aft"], {"aft_weight", "aft_bias"}),
 ])
 def test_gradients_reach_only_the_chosen_module_prompts_and_head(peft, trained):
     model = LPT(tiny_vit(), num_classes=5, prompt_len=2, pool_size=4, split_block=1, top_k=2, peft=peft, peft_dim=4)
@@ -170,6 +171,114 @@ def test_a_peft_run_trains_its_modules_and_reloads_them(tiny_fmnist, tmp_path):
     # 3 blocks of width 32, rank / bottleneck 2: LoRA 2 x (32 x 2 + 2 x 32) a block; AdaptFormer LayerNorm 64,
     # down 32 x 2 + 2, up 2 x 32 + 32, scale 1 a block; cosine head 10 x 32
     assert run["phases"]["phase1"]["trainable_by_part"] == {"lora": 3 * 256, "adaptformer": 3 * 227, "head": 320}
+
+
+# ----------------------------------------------------------------------------- LIFT+'s arbitrary fine-tuning
+
+
+def test_aft_mask_is_the_published_seeded_draw():
+    """LIFT+'s generate_mask: the first int(n * ratio) of torch.randperm(n) on a generator seeded with the seed."""
+    mask = random_mask(torch.Size([6, 5]), 0.25, 7)
+    chosen = torch.randperm(30, generator=torch.Generator().manual_seed(7))[:7]  # int(30 * 0.25) = 7
+    assert mask.shape == (6, 5) and mask.sum() == 7 and set(mask.flatten().nonzero().flatten().tolist()) == set(
+        chosen.tolist())
+    assert torch.equal(random_mask(torch.Size([6, 5]), 0.25, 7), mask)
+    assert not torch.equal(random_mask(torch.Size([6, 5]), 0.25, 8), mask)
+
+
+def test_aft_default_ratio_is_liftplus_rule():
+    # C / (L (a D + b)): all (12 D + 9), attn (4 D + 4), mlp (8 D + 5); capped at 1
+    assert aft_ratio(10, 3, 32, "all") == 10 / (3 * 393)
+    assert aft_ratio(10, 3, 32, "attn") == 10 / (3 * 132)
+    assert aft_ratio(10, 3, 32, "mlp") == 10 / (3 * 261)
+    assert aft_ratio(10**6, 3, 32, "all") == 1.0
+
+
+def aft_model(loc="all", ratio=0.1):
+    return LPT(tiny_vit(), num_classes=5, prompt_len=0, pool_size=4, split_block=1, top_k=2, peft=["aft"],
+               aft=(ratio, loc, 3))
+
+
+def test_aft_forward_is_the_vit_with_the_masked_entries_replaced():
+    model, reference = aft_model(), tiny_vit()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.backbone.named_parameters():
+            if "aft_" in name:
+                p.add_(torch.randn(p.shape, generator=g))
+        for block, ref in zip(model.backbone.blocks, reference.blocks):
+            for tuned, dense in ((block.attn.qkv, ref.attn.qkv), (block.attn.proj, ref.attn.proj),
+                                 (block.mlp.fc1, ref.mlp.fc1), (block.mlp.fc2, ref.mlp.fc2)):
+                dense.weight[tuned.weight_mask] = tuned.aft_weight
+                dense.bias[tuned.bias_mask] = tuned.aft_bias
+    x = embed(reference, torch.randn(2, 3, 16, 16))
+    torch.testing.assert_close(plain_blocks(model.backbone, x), reference.blocks(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loc, linears", [("attn", ("attn.qkv", "attn.proj")), ("mlp", ("mlp.fc1", "mlp.fc2")),
+                                          ("all", ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"))])
+def test_aft_step_changes_only_the_masked_entries(loc, linears):
+    """One SGD step with momentum and weight decay on every trainable tensor: of the backbone, only the masked
+    entries of the chosen layers' weights and biases move; their gradient is the dense weight's at those entries."""
+    model = aft_model(loc)
+    model.set_phase(1)
+    frozen = {k: v.clone() for k, v in tiny_vit().state_dict().items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.5, momentum=0.9, weight_decay=0.01)
+    images = torch.randn(4, 3, 16, 16)
+    model(images).logsumexp(1).sum().backward()
+    optimizer.step()
+    n_moved = 0
+    for name, before in frozen.items():
+        path, _, attr = name.rpartition(".")
+        owner = model.backbone.get_submodule(path)
+        after = getattr(owner, attr).detach()
+        if path.split(".", 2)[-1] in linears:
+            mask = getattr(owner, f"{attr}_mask")
+            assert torch.equal(after[~mask], before[~mask]), name
+            n_moved += int((after[mask] != before[mask]).sum())
+        else:
+            assert torch.equal(after, before), name
+    assert n_moved > 0
+    assert set(model.trainable_by_part()) == {"aft", "head"}
+
+
+def test_aft_gradient_is_the_dense_weights_gradient_at_the_mask():
+    model, dense = aft_model("mlp"), LPT(tiny_vit(), num_classes=5, prompt_len=0, pool_size=4, split_block=1)
+    dense.head.load_state_dict(model.head.state_dict())
+    dense.backbone.requires_grad_(True)
+    images = torch.randn(4, 3, 16, 16)
+    for m in (model, dense):
+        m.eval()
+        m(images).logsumexp(1).sum().backward()
+    tuned, reference = model.backbone.blocks[1].mlp.fc1, dense.backbone.blocks[1].mlp.fc1
+    torch.testing.assert_close(tuned.aft_weight.grad, reference.weight.grad[tuned.weight_mask], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(tuned.aft_bias.grad, reference.bias.grad[tuned.bias_mask], atol=1e-6, rtol=1e-5)
+
+
+def test_an_aft_run_saves_only_the_masked_entries_and_reloads_them(tiny_fmnist, tmp_path):
+    from safetensors.torch import load_file
+
+    overrides = [*tiny_run_overrides(tiny_fmnist), "method=peft", "phases=[phase1]", "model.prompt_len=0",
+                 "model.peft=[aft]", "model.aft_loc=mlp", "model.aft_ratio=0.02", "model.aft_seed=5"]
+    metrics = lpt.train(load_config("demo", overrides), tmp_path / "run")
+    saved = load_file(tmp_path / "run" / "model.safetensors")
+    backbone = {k: v for k, v in saved.items() if k.startswith("backbone.")}
+    assert backbone and all(k.rsplit(".", 1)[1] in ("aft_weight", "aft_bias") and ".mlp." in k for k in backbone)
+    run = lpt.load_run(tmp_path / "run")
+    vit = run.model.backbone
+    # every block's fc1 (4D x D, 4D) and fc2 (D x 4D, D) keep int(n * 0.02) entries each
+    counts = [int(n * 0.02) for m in (vit.blocks[0].mlp.fc1, vit.blocks[0].mlp.fc2) for n in
+              (m.base.weight.numel(), m.base.bias.numel())]
+    assert sum(v.numel() for v in backbone.values()) == len(vit.blocks) * sum(counts)
+    assert evaluate_run(tmp_path / "run", device="cpu") == metrics
+    moved = vit.blocks[0].mlp.fc1.weight[vit.blocks[0].mlp.fc1.weight_mask] != vit.blocks[0].mlp.fc1.base.weight[
+        vit.blocks[0].mlp.fc1.weight_mask]
+    assert moved.any()  # it trained; the masked entries the run saved are the ones it loads
+    with pytest.raises(ConfigError, match="aft trains entries of the weights that lora"):
+        load_config("demo", ["model.peft=[aft, lora]"])
+    with pytest.raises(ConfigError, match="0 <= aft_ratio <= 1"):
+        load_config("demo", ["model.peft=[aft]", "model.aft_ratio=1.5"])
 
 
 def initialised_head_and_features(root, tmp_path, head_init):

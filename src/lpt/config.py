@@ -74,11 +74,15 @@ class ModelConfig:
     feature_dropout: float = 0.1  # dropout on the feature before the classifier, in training
     head: str = "cosine"  # cosine | linear
     head_init: str = "random"  # random | class_mean | linear_probe: from the training features | text: class names
+    # (LIFT+'s names are read as these: none -> random, linear_probing -> linear_probe, semantic -> text)
     prompt_depth: str = "deep"  # deep (a prompt per block, keys/values only) | shallow (VPT-Shallow: tokens at input)
     query: str = "shared"  # phase-2 query function: shared (the phase-1 prompted ViT) | plain (the ViT alone)
     layer_norm_eps: float = 0.0  # > 0 overrides the backbone's LayerNorm eps (official LPT checkpoints: 1e-5)
-    peft: list[str] = field(default_factory=list)  # modules put into the blocks: bitfit ln lora ssf adapter adaptformer
+    peft: list[str] = field(default_factory=list)  # modules in the blocks: bitfit ln lora ssf adapter adaptformer aft
     peft_dim: int = 0  # bottleneck width / LoRA rank of model.peft; 0 = LIFT's rule, 2 ** int(log2(C / 2L))
+    aft_ratio: float = 0.0  # peft aft: share of the chosen weights' entries that train; 0 = LIFT+'s, C / (L (a D + b))
+    aft_loc: str = "all"  # peft aft: attn (qkv, proj) | mlp (fc1, fc2) | all (the four)
+    aft_seed: int = 0  # peft aft: seed of the fixed random mask (LIFT+: 0)
     text: str = ""  # open_clip model (ViT-B-16) or model-config .json whose text tower embeds the class names
     text_pretrained: str = ""  # open_clip weights tag (openai) or file of model.text; a tag yields to model.checkpoint
     templates: str = "single"  # prompts per class: single ("a photo of a {}.") | ensemble (CLIP's 80 ImageNet ones)
@@ -186,6 +190,7 @@ CHOICES = {
     "model.templates": ("single", "ensemble"),
     "model.prompt_depth": ("deep", "shallow"),
     "model.query": ("shared", "plain"),
+    "model.aft_loc": ("attn", "mlp", "all"),
     "data.train_aug": ("rrc_flip", "mda", "crop_flip", "none"),
     "data.mda_func": ("min", "convex", "linear", "concave", "max"),
     "data.decode": ("exact", "fast", "gpu"),
@@ -202,7 +207,9 @@ CHOICES = {
     "log.wandb.mode": ("online", "offline"),
 }
 PHASES = ("phase1", "phase2")
-PEFT = ("bitfit", "ln", "lora", "ssf", "adapter", "adaptformer")  # lpt.model.peft
+# LIFT+'s classifier_init names (shijxcs/LIFT-plus@ea555ea trainer.py:340-374; utils/config.py:47) -> model.head_init
+LIFT_PLUS_HEAD_INIT = {"none": "random", "linear_probing": "linear_probe", "semantic": "text"}
+PEFT = ("bitfit", "ln", "lora", "ssf", "adapter", "adaptformer", "aft")  # lpt.model.peft
 
 
 def test_resize_of(data: DataConfig) -> int:
@@ -214,7 +221,9 @@ def test_resize_of(data: DataConfig) -> int:
 def validate(cfg: Config) -> Config:
     """Check choices, ranges and cross-field rules, raising ConfigError naming the key; resolve
     ``data.test_resize=0`` (:func:`test_resize_of`), so that the saved config.yaml says what ran. The method's
-    own rules (which phases, prompts or not) belong to the method: ``lpt.methods.check_config``."""
+    own rules (which phases, prompts or not) belong to the method: ``lpt.methods.check_config``. LIFT+'s
+    classifier-init names are resolved to ``model.head_init``'s (:data:`LIFT_PLUS_HEAD_INIT`)."""
+    cfg.model.head_init = LIFT_PLUS_HEAD_INIT.get(cfg.model.head_init, cfg.model.head_init)
     for key, allowed in CHOICES.items():
         value = get_value(cfg, key)
         if value not in allowed:
@@ -247,6 +256,10 @@ def validate(cfg: Config) -> Config:
     if unknown or len(set(m.peft)) != len(m.peft) or m.peft_dim < 0:
         raise ConfigError(f"config key 'model.peft' is {m.peft!r} (peft_dim {m.peft_dim}); expected distinct names "
                           f"from {', '.join(PEFT)} and model.peft_dim >= 0")
+    if "aft" in m.peft and (set(m.peft) & {"lora", "ssf", "bitfit"} or not 0 <= m.aft_ratio <= 1):
+        raise ConfigError(f"config key 'model.peft' is {m.peft!r} with aft_ratio {m.aft_ratio}; aft trains entries "
+                          "of the weights that lora, ssf and bitfit also change (leave them out), with "
+                          "0 <= aft_ratio <= 1")
     if m.split_block < 0:
         raise ConfigError(f"config key 'model.split_block' is {m.split_block}; expected 0 or more")
     for name, value in m.backbone_args.items():

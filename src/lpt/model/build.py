@@ -32,7 +32,7 @@ def build_lpt(backbone: VisionTransformer, m: ModelConfig, num_classes: int, tra
     return LPT(backbone, num_classes, prompt_len=m.prompt_len, pool_size=m.pool_size, split_block=m.split_block,
                top_k=m.top_k, feature_dropout=m.feature_dropout, head=m.head, prompt_depth=m.prompt_depth,
                query=m.query, train_backbone=train_backbone, peft=m.peft, peft_dim=m.peft_dim, projection=m.projection,
-               class_scales=class_scales)
+               class_scales=class_scales, aft=(m.aft_ratio, m.aft_loc, m.aft_seed))
 
 
 def check_fits(m: ModelConfig, img_size: int) -> None:

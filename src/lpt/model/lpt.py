@@ -19,7 +19,7 @@ from lpt.model.prompted_vit import (
     PromptKV, block_forward, deep_prompt_blocks, embed, plain_blocks, pooled_feature, prompt_kv,
     shallow_prompt_forward,
 )
-from lpt.model.peft import add_peft, bottleneck_dim, peft_part
+from lpt.model.peft import add_peft, aft_ratio, bottleneck_dim, peft_part
 
 
 def _trunc_normal(*shape: int) -> nn.Parameter:
@@ -87,6 +87,7 @@ class LPT(nn.Module):
         projection: every feature (the classifier's input, the phase-2 query) is the pooled feature through the
             backbone's own head, frozen: a CLIP image tower's projection into the joint space with the text.
         class_scales: a learnt scale per class multiplies the logits (``class_scale``, ones at first; LWS).
+        aft: ``(ratio, location, seed)`` of ``peft=[aft]``; ratio 0: LIFT+'s rule (:func:`lpt.model.peft.aft_ratio`).
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class LPT(nn.Module):
         peft_dim: int = 0,
         projection: bool = False,
         class_scales: bool = False,
+        aft: tuple[float, str, int] = (0.0, "all", 0),
     ):
         super().__init__()
         depth, dim = len(backbone.blocks), backbone.embed_dim
@@ -114,7 +116,9 @@ class LPT(nn.Module):
         if head not in HEADS or prompt_depth not in ("deep", "shallow") or query not in ("shared", "plain"):
             raise ValueError(f"unknown option: head={head!r}, prompt_depth={prompt_depth!r}, query={query!r}")
         self.backbone = backbone
-        self.tuned = set(add_peft(backbone, list(peft or []), peft_dim or bottleneck_dim(num_classes, depth)))
+        ratio, loc, seed = aft
+        aft = (ratio or aft_ratio(num_classes, depth, dim, loc), loc, seed)
+        self.tuned = set(add_peft(backbone, list(peft or []), peft_dim or bottleneck_dim(num_classes, depth), aft))
         self.split_block = split_block
         self.shallow = prompt_depth == "shallow"
         self.plain_query = query == "plain"

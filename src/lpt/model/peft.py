@@ -15,6 +15,10 @@ submodules (``lpt.model.prompted_vit``) computes with them, prompts included:
   block's residual input ``x``, added to the block's output; ``scale`` is learned.
 - ``bitfit`` (every bias of the blocks) and ``ln`` (every LayerNorm of the blocks) train existing
   tensors.
+- ``aft``, LIFT+'s arbitrary fine-tuning (shijxcs/LIFT-plus@ea555ea models/models.py:39-45, 86-91, 163-168,
+  280-284; models/modules.py:92-110): a fixed random share of the entries of the weights and biases of
+  ``attn.qkv``/``attn.proj`` (``attn``), ``mlp.fc1``/``mlp.fc2`` (``mlp``) or all four (``all``) trains; the
+  others stay frozen. Only the chosen entries are parameters (and saved); the mask is rebuilt from its seed.
 
 Bottleneck modules start with a zero up-projection and LoRA with a zero B, so the model starts as
 the frozen backbone; SSF starts at LIFT's ``gamma ~ N(1, 0.02)``, ``beta ~ N(0, 0.02)``.
@@ -28,6 +32,52 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
+
+
+AFT_LINEARS = {"attn": (("attn", "qkv"), ("attn", "proj")), "mlp": (("mlp", "fc1"), ("mlp", "fc2"))}
+AFT_LINEARS["all"] = AFT_LINEARS["attn"] + AFT_LINEARS["mlp"]
+AFT_PER_BLOCK = {"attn": (4, 4), "mlp": (8, 5), "all": (12, 9)}  # (a, b): a block's tensors there hold ~ D (a D + b)
+
+
+def aft_ratio(num_classes: int, depth: int, dim: int, loc: str) -> float:
+    """LIFT+'s default share of AFT (shijxcs/LIFT-plus@ea555ea trainer.py:313-321): ``C / (L (a D + b))``, so that
+    about ``C * D`` entries train, as many as a classifier has; at most 1."""
+    a, b = AFT_PER_BLOCK[loc]
+    return min(1.0, num_classes / (depth * (dim * a + b)))
+
+
+def random_mask(shape: torch.Size, ratio: float, seed: int) -> torch.Tensor:
+    """LIFT+'s ``generate_mask``: the first ``int(n * ratio)`` positions of ``torch.randperm(n)`` on a generator
+    seeded with ``seed`` (the same for every tensor, so tensors of one shape share their pattern), as a bool mask."""
+    n = math.prod(shape)
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: int(n * ratio)]
+    return torch.zeros(n, dtype=torch.bool).index_fill_(0, chosen, True).view(shape)
+
+
+class SparseTunedLinear(nn.Module):
+    """A frozen ``nn.Linear`` whose entries under a fixed random mask train (AFT): ``aft_weight`` and ``aft_bias``
+    hold the chosen entries (in row-major order), starting at the pretrained values, and ``weight`` / ``bias``
+    are the base's with them scattered in (LIFT+'s ``MaskedParameter``: weight decay acts on the entries)."""
+
+    def __init__(self, base: nn.Linear, ratio: float, seed: int):
+        super().__init__()
+        self.base = base
+        self.register_buffer("weight_mask", random_mask(base.weight.shape, ratio, seed), persistent=False)
+        self.aft_weight = nn.Parameter(base.weight.detach()[self.weight_mask].clone())
+        if base.bias is not None:
+            self.register_buffer("bias_mask", random_mask(base.bias.shape, ratio, seed), persistent=False)
+            self.aft_bias = nn.Parameter(base.bias.detach()[self.bias_mask].clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight.masked_scatter(self.weight_mask, self.aft_weight)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return None if self.base.bias is None else self.base.bias.masked_scatter(self.bias_mask, self.aft_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
 
 
 def bottleneck_dim(num_classes: int, depth: int) -> int:
@@ -129,11 +179,17 @@ class ScaledShifted(nn.Module):
         return self.ssf(self.norm(x))
 
 
-def add_peft(vit: VisionTransformer, modules: list[str], dim: int) -> list[str]:
-    """Put ``modules`` (names of ``lpt.config.PEFT``) into every block of ``vit`` with bottleneck / rank ``dim``;
-    return the names (in ``vit.state_dict()``) of the tensors they train."""
+def add_peft(vit: VisionTransformer, modules: list[str], dim: int, aft: tuple[float, str, int] = (0.0, "all", 0)
+             ) -> list[str]:
+    """Put ``modules`` (names of ``lpt.config.PEFT``) into every block of ``vit`` with bottleneck / rank ``dim``
+    (and AFT's ``(ratio, location, seed)``); return the names (in ``vit.state_dict()``) of the tensors they train."""
     width = vit.embed_dim
     for block in vit.blocks:
+        if "aft" in modules:
+            ratio, loc, seed = aft
+            for parent, name in AFT_LINEARS[loc]:
+                owner = getattr(block, parent)
+                setattr(owner, name, SparseTunedLinear(getattr(owner, name), ratio, seed))
         attn, mlp = block.attn, block.mlp
         if "lora" in modules or "ssf" in modules:
             lora = [slice(0, width), slice(2 * width, 3 * width)] if "lora" in modules else None
@@ -150,7 +206,7 @@ def add_peft(vit: VisionTransformer, modules: list[str], dim: int) -> list[str]:
 
 # the PEFT module a parameter belongs to, by the name parts add_peft gives its own tensors
 MODULE_PARTS = (("lora", ("lora_a", "lora_b")), ("ssf", ("ssf",)), ("adaptformer", ("adaptformer",)),
-                ("adapter", ("adapter",)))
+                ("adapter", ("adapter",)), ("aft", ("aft_weight", "aft_bias")))
 
 
 def peft_part(name: str) -> str | None:
