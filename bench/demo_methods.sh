@@ -19,6 +19,9 @@ declare -A runs=(
   [08_lift]="method=peft $one_stage model.peft=[adaptformer] model.head_init=class_mean model.feature_dropout=0 loss.name=la loss.scale=25 loss.label_smoothing=0 phase1.sampling=instance tta=crops tta_expand=3"
   [09_lpt]=""
   [10_lpt_adaptformer]="model.peft=[adaptformer]"
+  # LIFT+ (presets lift_plus_*) scaled to 28 px: its minimalist crops, bicubic, test resize 28 + 28 // 7, five crops of
+  # 28 + 3 (24 at 224), 5 epochs at its lr 0.02 for the batch (0.08 per 256 images at the demo's batch of 64)
+  [11_lift_plus]="method=peft $one_stage model.peft=[adaptformer] model.head_init=class_mean model.feature_dropout=0 loss.name=la loss.scale=25 loss.label_smoothing=0 phase1.sampling=instance data.train_aug=mda data.interpolation=bicubic data.test_resize=32 phase1.epochs=5 phase1.lr=0.08 tta=crops tta_expand=3"
 )
 mkdir -p "$out"
 for name in $(printf '%s\n' "${!runs[@]}" | sort); do

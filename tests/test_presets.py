@@ -29,8 +29,13 @@ from lpt.model.peft import bottleneck_dim
 BENCHMARKS = {  # preset -> classes of its benchmark
     "places_lt": 365, "imagenet_lt": 1000, "inat2018": 8142, "cifar100_lt": 100,
     "vpt_deep_places_lt": 365, "vpt_shallow_places_lt": 365, "linear_places_lt": 365, "full_places_lt": 365,
-    **{f"{recipe}_{name}": classes for recipe in ("lift", "lift_in21k", "lpt_adaptformer", "lift_clip", "lpt_clip")
+    **{f"{recipe}_{name}": classes for recipe in ("lift", "lift_in21k", "lpt_adaptformer", "lift_clip", "lpt_clip",
+                                                  "lift_plus_clip")
        for name, classes in (("places_lt", 365), ("imagenet_lt", 1000), ("inat2018", 8142), ("cifar100_lt", 100))},
+    # LIFT+'s commands: the ImageNet-21k ViT on all but ImageNet-LT, CLIP ViT-L/14 on the three large ones
+    "lift_plus_places_lt": 365, "lift_plus_inat2018": 8142, "lift_plus_cifar100_lt": 100,
+    "lift_plus_clip_l14_places_lt": 365, "lift_plus_clip_l14_imagenet_lt": 1000, "lift_plus_clip_l14_inat2018": 8142,
+    "lift_plus_clip_l14_336_inat2018": 8142,
 }
 LPT_PRESETS = ("places_lt", "imagenet_lt", "inat2018", "cifar100_lt")
 DIM, DEPTH = 32, 2
@@ -65,7 +70,8 @@ def test_preset_loads_and_validates(name):
 
 
 EVAL_GEOMETRY = {  # preset -> (img_size, test_resize) it evaluates with; before test_resize=0 followed img_size
-    **{name: (224, 256) for name in BENCHMARKS}, "demo": (28, 28), "folder": (28, 32)}
+    **{name: (224, 256) for name in BENCHMARKS}, "demo": (28, 28), "folder": (28, 32),
+    "lift_plus_clip_l14_336_inat2018": (336, 384)}
 
 
 def test_every_preset_keeps_its_evaluation_resize():
@@ -161,7 +167,7 @@ def lift_pipelines(name: str, mean, std) -> dict[str, tv.Compose]:
     return {
         "test": tv.Compose([tv.Resize(size * 8 // 7, interpolation=how), tv.CenterCrop(size), *finish]),
         "init": tv.Compose([tv.Resize(size, interpolation=how), tv.CenterCrop(size), *finish]),
-        "crops": tv.Compose([tv.Resize(size + (21 if "l14" in name else 24), interpolation=how), tv.FiveCrop(size),
+        "crops": tv.Compose([tv.Resize(size + 24, interpolation=how), tv.FiveCrop(size),
                              tv.Lambda(lambda crops: torch.stack([tv.Normalize(mean, std)(tv.ToTensor()(c))
                                                                   for c in crops]))]),
     }
@@ -186,6 +192,23 @@ def test_lift_presets_crop_as_their_source_on_a_non_square_image(name, wide_phot
     torch.testing.assert_close(crops[[1, 2, 3, 4, 0]], theirs["crops"](wide_photo))
     square = build_transform(load_config(name, ["data.test_resize_mode=square"]).data, train=False)(wide_photo)
     assert not torch.allclose(square, theirs["test"](wide_photo), atol=0.1)
+
+
+@pytest.mark.parametrize("name", [n for n in BENCHMARKS if n.startswith("lift_plus")])
+def test_lift_plus_presets_carry_its_recipe(name):
+    """LIFT+'s defaults (utils/config.py) and its commands' epochs and accumulation (scripts/run_main.sh,
+    run_backbones.sh); the training crop is its minimalist augmentation, bicubic."""
+    cfg = load_config(name)
+    d, m, p = cfg.data, cfg.model, cfg.phase1
+    assert (d.train_aug, d.mda_func, d.interpolation, d.test_resize_mode) == ("mda", "convex", "bicubic", "shorter")
+    assert type(build_transform(d, train=True).transforms[0]).__name__ == "MinimalistRandomResizedCrop"
+    assert (m.peft, m.head, cfg.loss.name, cfg.loss.scale, cfg.method) == (["adaptformer"], "cosine", "la", 25, "peft")
+    assert m.head_init == ("text" if "clip" in name else "class_mean")
+    assert (p.lr * 128 / 256, p.batch_size, p.weight_decay, p.schedule, p.sampling) == (
+        0.02, 128, 5e-4, "published", "instance")
+    assert p.epochs == (15 if "inat2018" in name else 5)
+    assert p.grad_accum == (8 if "336" in name else 4 if "l14" in name else 1)
+    assert (cfg.tta, cfg.tta_expand) == ("crops", 24)
 
 
 # ----------------------------------------------------------------------------- two training steps each
