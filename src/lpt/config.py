@@ -252,14 +252,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'model.top_k' is {m.top_k}; expected at most model.pool_size ({m.pool_size})")
     if m.prompt_len < 0:
         raise ConfigError(f"config key 'model.prompt_len' is {m.prompt_len}; expected 0 or more")
-    unknown = [p for p in m.peft if p not in PEFT]
-    if unknown or len(set(m.peft)) != len(m.peft) or m.peft_dim < 0:
-        raise ConfigError(f"config key 'model.peft' is {m.peft!r} (peft_dim {m.peft_dim}); expected distinct names "
-                          f"from {', '.join(PEFT)} and model.peft_dim >= 0")
-    if "aft" in m.peft and (set(m.peft) & {"lora", "ssf", "bitfit"} or not 0 <= m.aft_ratio <= 1):
-        raise ConfigError(f"config key 'model.peft' is {m.peft!r} with aft_ratio {m.aft_ratio}; aft trains entries "
-                          "of the weights that lora, ssf and bitfit also change (leave them out), with "
-                          "0 <= aft_ratio <= 1")
+    _validate_peft(m)
     if m.split_block < 0:
         raise ConfigError(f"config key 'model.split_block' is {m.split_block}; expected 0 or more")
     for name, value in m.backbone_args.items():
@@ -278,12 +271,21 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("config key 'select' is 'best_val' but data.val_list (data.val_dir for a folder) names no "
                           "validation split; the test split is never used to choose a checkpoint")
     _validate_data(cfg.data)
-    _validate_loss(cfg.loss)
-    if cfg.loss.name == "lade" and any(getattr(cfg, p).grad_accum > 1 for p in cfg.phases):
-        raise ConfigError("config key 'loss.name' is 'lade' with grad_accum > 1; LADE's bound is a statistic of the "
-                          "whole batch, which micro-batches would change: set grad_accum=1")
+    _validate_loss(cfg.loss, [getattr(cfg, p).grad_accum for p in cfg.phases])
     _validate_text(m)
     return cfg
+
+
+def _validate_peft(m: ModelConfig) -> None:
+    """Known, distinct PEFT modules; AFT's share, and no module that changes the tensors AFT trains entries of."""
+    unknown = [p for p in m.peft if p not in PEFT]
+    if unknown or len(set(m.peft)) != len(m.peft) or m.peft_dim < 0:
+        raise ConfigError(f"config key 'model.peft' is {m.peft!r} (peft_dim {m.peft_dim}); expected distinct names "
+                          f"from {', '.join(PEFT)} and model.peft_dim >= 0")
+    if "aft" in m.peft and (set(m.peft) & {"lora", "ssf", "bitfit"} or not 0 <= m.aft_ratio <= 1):
+        raise ConfigError(f"config key 'model.peft' is {m.peft!r} with aft_ratio {m.aft_ratio}; aft trains entries "
+                          "of the weights that lora, ssf and bitfit also change (leave them out), with "
+                          "0 <= aft_ratio <= 1")
 
 
 def _validate_text(m: ModelConfig) -> None:
@@ -296,8 +298,12 @@ def _validate_text(m: ModelConfig) -> None:
                           "projection leads into a CLIP joint space; set model.text (a CLIP preset sets it)")
 
 
-def _validate_loss(lc: LossConfig) -> None:
-    """The ranges of the long-tail loss keys, and the losses each key applies to (a key that would be ignored)."""
+def _validate_loss(lc: LossConfig, grad_accums: list[int]) -> None:
+    """The ranges of the long-tail loss keys, the losses each key applies to (a key that would be ignored), and
+    LADE's whole batches (``grad_accums``: of the phases that run)."""
+    if lc.name == "lade" and any(g > 1 for g in grad_accums):
+        raise ConfigError("config key 'loss.name' is 'lade' with grad_accum > 1; LADE's bound is a statistic of the "
+                          "whole batch, which micro-batches would change: set grad_accum=1")
     for key, value in {"tau": lc.tau, "max_margin": lc.max_margin, "drw_epoch": lc.drw_epoch,
                        "focal_gamma": lc.focal_gamma, "grw_exp_scale": lc.grw_exp_scale,
                        "lade_lambda": lc.lade_lambda, "lade_weight": lc.lade_weight}.items():
