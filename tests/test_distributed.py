@@ -131,11 +131,13 @@ def test_samplers_shard_without_overlap(two_process_run):
     for a, b in zip(*shards):
         assert (a["sampler"], a["epoch"], a["world_size"], a["skip"]) == (b["sampler"], b["epoch"], 2, 0)
         assert len(a["indices"]) == len(b["indices"]) == total // 2
-        # each draw is (index, augmentation key); the keys of both ranks interleave into the single process's
+        # each draw is (index, augmentation key, the phase's progress); the keys of both ranks interleave into the
+        # single process's, and both ranks' transforms follow the same progress
         stream = 0 if a["sampler"] == "ClassBalancedSampler" else 1
         keys = [k for pair in zip(a["indices"], b["indices"]) for k in (pair[0][1], pair[1][1])]
         assert keys == [sample_key(cfg.seed, a["epoch"], stream, p) for p in range(total)]
-        a["indices"], b["indices"] = [i for i, _ in a["indices"]], [i for i, _ in b["indices"]]
+        assert len({t for _, _, t in a["indices"] + b["indices"]}) == 1
+        a["indices"], b["indices"] = [i for i, _, _ in a["indices"]], [i for i, _, _ in b["indices"]]
         if a["sampler"] == "InstanceSampler":
             single = InstanceSampler(len(targets), cfg.seed, 0, 1, num_samples=total)
             assert set(a["indices"]) | set(b["indices"]) == set(range(len(targets)))
