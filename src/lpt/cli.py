@@ -7,6 +7,7 @@ import csv
 import functools
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -59,7 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _run_interruptible(stages: list, title: str, resume: bool = False, overwrite: bool = False,
                        shown: list[Path] | None = None) -> int:
     """Train each (config, run directory) in turn, write its report, then print one table (of ``shown`` runs,
-    default all); on SIGINT / SIGTERM say how to resume the interrupted run and exit 130. ``train`` checks each
+    default all); on SIGINT / SIGTERM say in one line how to resume the interrupted run and exit as the signal
+    would have (130 / 143). ``train`` checks each
     config before anything is written. Under torchrun only rank 0 writes a run's results, so it alone reports."""
     from lpt.engine.trainer import Interrupted
     from lpt.run.train import train
@@ -69,9 +71,9 @@ def _run_interruptible(stages: list, title: str, resume: bool = False, overwrite
         try:
             train(cfg, out, resume=resume, overwrite=overwrite)
         except Interrupted as exc:
-            print(f"lpt: interrupted ({exc}); the run is saved. Resume with: lpt train --resume {out}",
-                  file=sys.stderr)
-            return 130
+            print(f"lpt: interrupted by {signal.Signals(exc.signum).name} ({exc}); the run is saved. Resume with: "
+                  f"lpt train --resume {out}", file=sys.stderr)
+            return 128 + exc.signum
         if main:
             _write_report(out)
     if main:
@@ -91,12 +93,14 @@ def _write_report(out: Path) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from lpt.run.files import DEMO_PROBE
+
     overrides = list(args.overrides) + (["data.download=true"] if args.download else [])
     cfg = load_config("demo", overrides)
     out = Path(args.out) if args.out else _default_out("demo")
     stages = [(cfg, out)]
     if not args.no_linear_probe:  # the probe's run lives inside the demo's run directory, trained after LPT's
-        stages.append((load_config("demo", overrides + DEMO_LINEAR_PROBE), out / "linear_probe"))
+        stages.append((load_config("demo", overrides + DEMO_LINEAR_PROBE), out / DEMO_PROBE))
     title = f"Fashion-MNIST-LT (imbalance 100), backbone {cfg.model.backbone}, test accuracy %:"
     return _run_interruptible(stages, title, shown=[o for _, o in reversed(stages)])
 
@@ -154,6 +158,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from lpt.run.load import load_run
     from lpt.run.predict import expand_images, predict_topk, readable_images
 
+    if args.topk < 1:
+        raise ConfigError(f"--topk is {args.topk}; expected 1 or more classes per image")
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise ConfigError(f"--out {args.out} already exists; choose another file, or add --overwrite to replace it")
     run = load_run(args.run)
     paths = expand_images(args.images)
     if args.skip_bad_images:
@@ -241,10 +249,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lpt.analysis.compare import compare_runs, to_markdown, write_comparison
+    from lpt.analysis.compare import compare_runs, split_notes, to_markdown, write_comparison
 
     rows = compare_runs(args.runs)
     print(to_markdown(rows))
+    for note in split_notes(rows):
+        print(note)
     if args.out:
         md_path, csv_path = write_comparison(rows, args.out)
         print(f"wrote {md_path} and {csv_path}")
@@ -369,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--out", help="write a CSV file instead of printing")
+    p.add_argument("--out", help="write a CSV file instead of printing (an existing file only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave unreadable images out, naming each, instead of stopping at the first")
     _tta_option(p)
@@ -464,8 +475,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from lpt.engine.step import TrainingError
     from lpt.model import BackboneError
     from lpt.model.state import CheckpointError
+    from lpt.utils import DeviceError
 
-    return ConfigError, BackboneError, CheckpointError, TrainingError, OSError
+    return ConfigError, BackboneError, CheckpointError, TrainingError, DeviceError, OSError
 
 
 def _one_line(exc: Exception) -> str:

@@ -18,7 +18,7 @@ from lpt.config import DataConfig
 from lpt.data import ImageDataset, build_transform, with_transform
 from lpt.distributed import DistContext
 from lpt.model.lpt import LPT
-from lpt.utils import autocast
+from lpt.utils import autocast, ignore_stop_signals
 
 Outputs = Callable[[LPT, torch.Tensor], dict[str, torch.Tensor]]
 
@@ -120,7 +120,7 @@ def evaluate(model: LPT, dataset: Dataset, outputs: Outputs = predictions, *, de
     model.eval()
     indices = list(range(dist.rank, len(dataset), dist.world_size))
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     parts: dict[str, list[torch.Tensor]] = {"labels": []}
     for images, labels in tqdm(loader, desc=desc, disable=not progress or None, leave=False, mininterval=2.0):
         with autocast(device, precision):

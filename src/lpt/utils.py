@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import signal
 import sys
 import tempfile
 from contextlib import nullcontext
@@ -71,6 +72,17 @@ def first_line(exc: BaseException, default: str = "") -> str:
     return text.splitlines()[0] if text else default
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader worker_init_fn: leave SIGINT and SIGTERM to the main process. ``timeout``, Ctrl-C and Slurm
+    signal the whole process group; a worker that died of it would fail the main process's next batch before
+    the main process could save its state and stop (its loader ends the workers itself)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -105,10 +117,30 @@ def set_threads(n: int) -> int:
     return n
 
 
+class DeviceError(ValueError):
+    """A device this machine or torch does not have (the command line turns it into one line)."""
+
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
 def resolve_device(name: str) -> torch.device:
+    """The torch device ``name`` (config key ``device``, ``--device``) stands for; ``auto`` is the GPU if there is
+    one. DeviceError for a name torch does not know and for a device this machine lacks."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"device '{name}' is not a torch device; expected {DEVICES}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' was asked for but CUDA is not available on this machine")
+        raise DeviceError(f"device '{name}' was asked for but CUDA is not available on this machine "
+                          f"(torch {torch.__version__}); use device=cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DeviceError(f"device '{name}': this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device '{name}' was asked for but MPS is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device '{name}': lpt runs on {DEVICES}")
     return device

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lpt.config import ConfigError
+from lpt.utils import ignore_stop_signals
 
 SAMPLING = ("dual", "instance", "balanced")
 
@@ -191,7 +192,9 @@ class KeyedAugmentation(Dataset):
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: seed numpy and random from the worker's torch seed."""
+    """DataLoader worker_init_fn: seed numpy and random from the worker's torch seed; stop signals are the main
+    process's (:func:`lpt.utils.ignore_stop_signals`)."""
+    ignore_stop_signals()
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

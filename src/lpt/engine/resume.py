@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lpt.model.state import read_tensors, save_tensors
+from lpt.utils import STOP_SIGNALS
 
 
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -96,20 +97,21 @@ def load_resume(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], An
 
 
 class StopRequest:
-    """Turns SIGINT / SIGTERM into a flag the training loop reads at the next step boundary."""
+    """Turns SIGINT / SIGTERM into a flag the training loop reads at the next step boundary: calling it returns
+    the signal received (None before one)."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
 
-    def __call__(self) -> bool:
-        return self.signal is not None
+    def __call__(self) -> int | None:
+        return self.signal
 
     def _handle(self, signum, frame) -> None:
         self.signal = signum
 
     @contextmanager
     def installed(self):
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         try:
             yield self
         finally:

@@ -3,6 +3,7 @@ tally, progress, per-epoch records and the resumable position around the step, n
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,17 +22,22 @@ FRESH = {"epoch": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "recor
 
 
 class Interrupted(RuntimeError):
-    """Training stopped on SIGINT / SIGTERM after saving a resumable state."""
+    """Training stopped on SIGINT / SIGTERM (``signum``) after saving a resumable state."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 @dataclass
 class Cadence:
     """When a phase saves its position (``save``): at every epoch end, every ``every`` steps, and when
-    ``should_stop()`` turns true (then ``Interrupted`` is raised). ``resume`` is a saved position to start from."""
+    ``should_stop()`` returns the signal that asks to stop (then ``Interrupted`` is raised). ``resume`` is a saved
+    position to start from."""
 
     save: Callable[[dict[str, Any]], None] | None = None
     every: int = 0
-    should_stop: Callable[[], bool] = lambda: False
+    should_stop: Callable[[], int | None] = lambda: None
     resume: dict[str, Any] | None = None
 
 
@@ -106,8 +112,9 @@ class PhaseTrainer:
                 self.on_epoch_end(records[-1])
             if self.cadence.save is not None:
                 self.cadence.save(self.position(epoch + 1, 0, records, tally))
-                if self.cadence.should_stop() and epoch + 1 < self.cfg.epochs:
-                    raise Interrupted(f"{self.desc}: stopped after epoch {epoch + 1}")
+                signum = self.cadence.should_stop()
+                if signum and epoch + 1 < self.cfg.epochs:
+                    raise Interrupted(f"{self.desc}: stopped after epoch {epoch + 1}", signum)
         return records
 
     def epoch(self, epoch: int, first: int, tally: Tally, records: list[dict]) -> dict:
@@ -138,9 +145,10 @@ class PhaseTrainer:
         """Save the position on a stop request (then raise Interrupted) or every ``cadence.every`` steps."""
         if self.cadence.save is None:
             return
-        if self.cadence.should_stop():
+        signum = self.cadence.should_stop()
+        if signum:
             self.cadence.save(self.position(epoch, next_step, records, tally))
-            raise Interrupted(f"{self.desc}: stopped at epoch {epoch + 1}, step {step + 1}")
+            raise Interrupted(f"{self.desc}: stopped at epoch {epoch + 1}, step {step + 1}", signum)
         if self.cadence.every and (step + 1) % self.cadence.every == 0:
             self.cadence.save(self.position(epoch, next_step, records, tally))
 
