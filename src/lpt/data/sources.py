@@ -618,7 +618,20 @@ def folder_classes(root: str, train_dir: str, class_index: str = "") -> tuple[di
         return label_of, names, f"classes of the class index {class_index}"
     train_root = Path(root) / train_dir
     classes = _folder_classes(train_root, "data.root/data.train_dir")
+    warn_case_twins(classes, train_root)
     return {c: i for i, c in enumerate(classes)}, classes, f"training classes of {train_root}"
+
+
+def warn_case_twins(classes: list[str], folder: Path) -> None:
+    """Warn about class folders whose names differ only in case (``Dress``, ``dress``): each is a class of its own,
+    which is rarely what was meant (and on a case-insensitive file system they would be one folder)."""
+    by_lower: dict[str, list[str]] = {}
+    for name in classes:
+        by_lower.setdefault(name.casefold(), []).append(name)
+    twins = [names for names in by_lower.values() if len(names) > 1]
+    if twins:
+        log.warning("%s: class folders %s differ only in case; each is a class of its own (merge them if they are "
+                    "one class)", folder, "; ".join(" and ".join(names) for names in twins))
 
 
 def _folder_labels(folder: Path, key: str, label_of: dict[str, int], known: str, skipped: Skipped) -> dict[str, int]:

@@ -7,7 +7,6 @@ checkpoints carry so that prompts are never loaded onto a backbone they were not
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +20,8 @@ from timm.layers import QuickGELU
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
 
 from lpt.model.bundled import BUNDLED, bundled_backbone
-from lpt.model.state import load_strict
+from lpt.model.hub import hub_unreachable, offline_hint, timm_repo
+from lpt.model.state import load_strict, tensors_fingerprint
 from lpt.utils import first_line, log
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
@@ -48,12 +48,7 @@ class BackboneIdentity:
 
 def weights_fingerprint(module: nn.Module) -> str:
     """SHA-256 over parameter and buffer names, shapes, dtypes and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return tensors_fingerprint(module.state_dict())
 
 
 def check_vit_layout(model: nn.Module, name: str = "backbone") -> None:
@@ -207,6 +202,11 @@ def create_backbone(
     if layer_norm_eps < 0:
         raise BackboneError(f"layer_norm_eps is {layer_norm_eps}; expected 0 (timm's default) or a positive number")
     path, source = _weights_source(name, bundle, checkpoint, pretrained)
+    if source == "timm-pretrained":
+        repo = timm_repo(name)
+        reason = hub_unreachable(repo) if repo else None
+        if reason:
+            raise BackboneError(offline_hint(f"backbone '{name}' (model.backbone)", reason))
     try:
         model = timm.create_model(arch if bundle is not None else name, pretrained=pretrained and path is None,
                                   **({} if keep_head else {"num_classes": 0}), **kwargs)

@@ -8,6 +8,7 @@ error that names the file and the tensor.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,16 @@ META_KEY = "lpt"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model it is loaded onto."""
+
+
+def tensors_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over tensor names, shapes, dtypes and bytes, in name order (16 hex digits)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from lpt.config import ConfigError, ModelConfig
 from lpt.model.backbone import WEIGHT_SUFFIXES, backbone_quick_gelu, refuse_torchscript
+from lpt.model.hub import HUB_FILES, hub_unreachable, offline_hint
 from lpt.utils import first_line, log
 
 SINGLE_TEMPLATE = "a photo of a {}."  # CLIP's default prompt; LIFT's zero-shot and ``prompt: default``
@@ -98,6 +99,10 @@ def text_tower(m: ModelConfig, name: str) -> torch.nn.Module:
                  "text_pretrained's tag %r", name, weights, m.text_pretrained)
     if weights and Path(weights).is_file():
         refuse_torchscript(Path(weights), "text tower weights", ConfigError)
+    hub = (open_clip.get_pretrained_cfg(name, weights).get("hf_hub", "") if weights else "").strip("/").split("/")
+    reason = hub_unreachable("/".join(hub[:2]), tuple(hub[2:]) or HUB_FILES) if len(hub) > 1 else None  # org/repo/file
+    if reason:
+        raise ConfigError(offline_hint(f"text tower {name} with weights {weights!r} (model.text_pretrained)", reason))
     try:
         return open_clip.create_model(name, pretrained=weights or None, require_pretrained=bool(weights),
                                       force_quick_gelu=quick_gelu)

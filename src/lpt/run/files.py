@@ -21,15 +21,17 @@
 ================== =========================================================================
 
 Reports (``report.*``) and analyses (``analysis*``) are written later by ``lpt report`` and
-``lpt analyze``. Every file is written atomically (a temporary file, then a rename). A fresh run
-only starts in a new or empty directory (:func:`check_claim`): a finished or interrupted run, or any
-other non-empty folder, is never written over.
+``lpt analyze``; ``lpt demo`` trains its linear probe into ``linear_probe/``. Every file is written atomically (a
+temporary file, then a rename). A fresh run only starts in a new or empty directory (:func:`check_claim`), or
+over a run that never saved a step: a finished or interrupted run is only deleted with ``--overwrite``, and then
+only when the directory holds nothing lpt did not write; any other non-empty folder is never written over.
 """
 
 from __future__ import annotations
 
 import copy
 import fcntl
+import fnmatch
 import io
 import json
 import logging
@@ -54,7 +56,10 @@ RUN_INFO, CHECKPOINT, RESUME = "run.json", "model.safetensors", "resume.safetens
 PREDICTIONS, BACKBONE, BEST_VAL = "predictions.npz", "backbone.safetensors", "best_val.safetensors"
 PREDICTION_ARRAYS = ("labels", "preds", "top5", "groups")  # what predictions.npz keeps of an evaluation
 TRAIN_LOG, TENSORBOARD, BAD_IMAGES, LOCK = "train.log", "tensorboard", "bad_images.txt", ".lock"
-TEXT_EMBEDDINGS, TRACKING = "text_embeddings.safetensors", "tracking.json"
+TEXT_EMBEDDINGS, TRACKING, DEMO_PROBE = "text_embeddings.safetensors", "tracking.json", "linear_probe"
+WRITTEN = (CONFIG, CLASSES, METRICS, METRICS_LOG, RUN_INFO, CHECKPOINT, RESUME, PREDICTIONS, BACKBONE, BEST_VAL,
+           TRAIN_LOG, TENSORBOARD, BAD_IMAGES, LOCK, TEXT_EMBEDDINGS, TRACKING, "wandb",
+           "report.html", "report.md", "report_*.png", "analysis.json", "analysis_*.png")  # lpt report, lpt analyze
 
 
 # ----------------------------------------------------------------------------- claiming a directory
@@ -80,59 +85,98 @@ def run_state(run_dir: Path) -> str:
     return "interrupted" if (run_dir / RESUME).is_file() else "started"
 
 
+def _written_by_lpt(path: Path) -> bool:
+    """Whether ``path``, in a run directory, is one of the files lpt writes there (or the temporary file of one, left
+    by a kill during its atomic write), or the demo's linear probe run."""
+    name = path.name
+    if name.startswith(".") and name.endswith(".tmp"):  # lpt.utils.atomic_write_bytes: .NAME.XXXX.tmp
+        name = name[1:].rsplit(".", 2)[0]
+    if name == DEMO_PROBE and path.is_dir():
+        return run_state(path) not in ("new", "other")
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in WRITTEN)
+
+
+def foreign_files(run_dir: Path) -> list[str]:
+    """What an lpt run directory holds that lpt did not write (folders with a trailing ``/``), sorted."""
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in _contents(Path(run_dir)) if not _written_by_lpt(p))
+
+
+def _a(state: str) -> str:
+    return f"{'an' if state[0] in 'aeiou' else 'a'} {state}"
+
+
 def check_claim(run_dir: Path, overwrite: bool = False) -> str:
     """Refuse a directory a fresh run may not write into, touching nothing; returns its state. New or empty
-    directories are fine; an earlier lpt run only with ``overwrite``; anything else never."""
+    directories are fine, and so is a run that never saved a step (``started``: a failed start, deleted by
+    :func:`clear`); a finished or interrupted run only with ``overwrite``; never a folder that holds files lpt did
+    not write."""
     state = run_state(run_dir)
     if state == "other":
         what = "a non-empty folder that is not an lpt run" if Path(run_dir).is_dir() else "a file, not a folder"
         raise ConfigError(f"--out {run_dir} is {what}; choose a new or empty directory (nothing was written)")
-    if state != "new" and not overwrite:
+    if state in ("finished", "interrupted") and not overwrite:
         hint = (f"continue it with `lpt train --resume {run_dir}`, " if state == "interrupted" else "")
-        raise ConfigError(f"--out {run_dir} already holds a {state} lpt run; {hint}choose a new directory, or add "
+        raise ConfigError(f"--out {run_dir} already holds {_a(state)} lpt run; {hint}choose a new directory, or add "
                           "--overwrite to delete it first (nothing was written)")
+    mine = foreign_files(run_dir) if state != "new" else []
+    if mine:
+        raise ConfigError(f"--out {run_dir} holds {_a(state)} lpt run and files lpt did not write: {', '.join(mine)}; "
+                          "move them away or choose a new directory (nothing was deleted)")
     return state
 
 
 def clear(run_dir: Path) -> None:
-    """Delete an earlier lpt run's files (``--overwrite``), so that none of them survives beside the new run's."""
+    """Delete an earlier lpt run's files (``--overwrite``, or a run that never saved a step), so that none of them
+    survives beside the new run's; refuses, deleting nothing, when the directory holds files lpt did not write."""
     state = check_claim(run_dir, overwrite=True)
     if state != "new":
-        log.warning("--overwrite: deleting the %s run in %s", state, run_dir)
+        log.warning("deleting the %s run in %s%s", state, run_dir,
+                    " (it never saved a step)" if state == "started" else " (--overwrite)")
     for child in _contents(Path(run_dir)):
         shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 @contextmanager
 def run_lock(run_dir: Path):
-    """Hold an exclusive lock on the run directory; refuse one that another process holds. If nothing but the
-    lock was written when it is released (a start that failed), the lock goes, and the directory if made here.
+    """Hold an exclusive lock on the run directory; refuse one that another process holds. The lock file goes
+    when the lock is released, and the directory too if it was made here and nothing else was written (a start
+    that failed).
 
     A POSIX record lock (``lockf``), not ``flock``: loader processes forked from the holder do not inherit it, so
     a run killed with SIGKILL can be resumed at once, while its orphaned workers are still shutting down."""
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(run_dir / LOCK, "a+")
+    fh = _acquire(run_dir / LOCK)
     try:
-        fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.seek(0)
-        owner = fh.read().strip() or "unknown"
+        yield
+    finally:
+        (run_dir / LOCK).unlink(missing_ok=True)  # still holding the lock: no one else is here
+        if created and not _contents(run_dir):
+            run_dir.rmdir()
+        fcntl.lockf(fh, fcntl.LOCK_UN)
         fh.close()
-        raise ConfigError(f"run directory {run_dir} is in use by another lpt process (pid {owner})") from None
+
+
+def _acquire(path: Path):
+    """The lock file ``path`` opened and locked, holding this process's id; ConfigError if another process holds
+    it. A file its holder deleted on release while this process opened it is not the lock: open the new one."""
+    while True:
+        fh = open(path, "a+")
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            owner = fh.read().strip() or "unknown"
+            fh.close()
+            raise ConfigError(f"run directory {path.parent} is in use by another lpt process (pid {owner})") from None
+        if path.is_file() and os.path.samestat(os.fstat(fh.fileno()), path.stat()):
+            break
+        fh.close()
     fh.seek(0)
     fh.truncate()
     fh.write(str(os.getpid()))
     fh.flush()
-    try:
-        yield
-    finally:
-        if not _contents(run_dir):  # still holding the lock: no one else is here
-            (run_dir / LOCK).unlink()
-            if created:
-                run_dir.rmdir()
-        fcntl.lockf(fh, fcntl.LOCK_UN)
-        fh.close()
+    return fh
 
 
 # ----------------------------------------------------------------------------- writing

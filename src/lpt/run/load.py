@@ -20,7 +20,7 @@ from lpt.methods.zeroshot import ZeroShot
 from lpt.metrics import metrics_record
 from lpt.model import LPT, BackboneIdentity
 from lpt.model.build import build_model
-from lpt.model.state import CheckpointError, load_strict
+from lpt.model.state import CheckpointError, load_strict, tensors_fingerprint
 from lpt.run import files
 from lpt.run.predict import predict_images
 from lpt.utils import resolve_device
@@ -78,9 +78,16 @@ class Run:
 
 def load_trained(model: LPT, identity: BackboneIdentity, run_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """Load a run's trained tensors (model.safetensors) onto ``model``, all but those named with a prefix in
-    ``skip``, refusing a different backbone; sets the model's phase and returns the metadata."""
+    ``skip``, refusing a different backbone and tensors other than those the run's run.json records; sets the
+    model's phase and returns the metadata."""
     tensors, meta = files.read_checkpoint(run_dir)
     path = Path(run_dir) / files.CHECKPOINT
+    recorded = files.read_info(run_dir).get("trained_fingerprint")
+    found = tensors_fingerprint(tensors) if recorded else None
+    if found != recorded:
+        raise CheckpointError(f"{path} holds other tensors than the run trained (fingerprint {found}, its "
+                              f"{files.RUN_INFO} records {recorded}): it was replaced, by another run's perhaps; "
+                              "copy a run directory whole")
     theirs = meta.get("backbone", {})
     if theirs.get("fingerprint") != identity.fingerprint:
         raise CheckpointError(

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lpt.version import __version__
-from lpt.config import Config, ConfigError, to_dict
+from lpt.config import Config, ConfigError, describe, from_dict, to_dict
 from lpt.data import (DataSplits, TrainImages, TrainStream, build_datasets, build_train_stream, build_transform,
                       build_val_dataset, train_images, with_eval_transform)
 from lpt.data.datasets import FeatureDataset
@@ -32,7 +32,7 @@ from lpt.metrics import ACCURACIES, GROUPS
 from lpt.model import LPT, BackboneIdentity
 from lpt.model.build import check_fits, warn_mismatches
 from lpt.model.lpt import GROUP_PROMPTS
-from lpt.model.state import load_strict
+from lpt.model.state import load_strict, tensors_fingerprint
 from lpt.run import files
 from lpt.run.head_init import init_head
 from lpt.run.load import build_run_model, evaluate_with, load_trained, shot_metrics
@@ -44,7 +44,8 @@ from lpt.utils import log, resolve_device, set_threads
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
     """Train every phase of ``cfg`` into ``out_dir``; returns the final metrics (also in metrics.json).
 
-    A fresh run needs a new or empty ``out_dir`` (``overwrite`` deletes an earlier lpt run there first);
+    A fresh run needs a new or empty ``out_dir``, or one whose run never saved a step (``overwrite`` deletes any
+    earlier lpt run there first, but never files lpt did not write);
     with ``resume``, it continues from ``out_dir``'s resumable state (the config must be the run's own).
     SIGINT / SIGTERM save that state at the next step boundary and raise ``Interrupted``. Config errors,
     those that depend on the backbone included, are raised before any data loads.
@@ -62,12 +63,22 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: boo
     out_dir = Path(out_dir)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    if dist.is_main and not resume:
-        files.check_claim(out_dir, overwrite)  # before the lock file: a refused folder is left untouched
+    # before the lock file: a refused folder is left untouched
+    state = files.check_claim(out_dir, overwrite) if dist.is_main and not resume else "new"
     with files.run_lock(out_dir) if dist.is_main else nullcontext(), StopRequest().installed() as stop:
-        if dist.is_main and not resume and overwrite:
+        if state != "new":  # an earlier run to delete: with overwrite, or one that never saved a step
             files.clear(out_dir)
-        return _train_locked(cfg, out_dir, resume, Env(device, cfg.precision, dist, cfg.progress), stop)
+        return _train_locked(cfg, out_dir, resume, Env(device, _precision(cfg.precision, device), dist, cfg.progress),
+                             stop)
+
+
+def _precision(precision: str, device: torch.device) -> str:
+    """What the run computes in: mixed precision is a GPU's (lpt.utils.autocast); elsewhere fp32, said once."""
+    if precision != "fp32" and device.type != "cuda":
+        log.warning("precision %s applies on a GPU; this %s run computes in fp32 (run.json records it)", precision,
+                    device.type)
+        return "fp32"
+    return precision
 
 
 @dataclass
@@ -106,7 +117,7 @@ class _Training:
         if self.env.dist.is_main:
             save_resume(self.out_dir / files.RESUME, self.model.trained_tensors(), {
                 "phase_index": index, "phase": phase_position, "summary": self.summary, "metrics": self.metrics,
-                "jsonl_lines": files.count_records(self.out_dir)} | extra)
+                "jsonl_lines": files.count_records(self.out_dir), "config": to_dict(self.cfg)} | extra)
 
 
 def _train_locked(cfg: Config, out_dir: Path, resume: bool, env: Env, stop: StopRequest) -> dict:
@@ -140,7 +151,7 @@ def _train_locked(cfg: Config, out_dir: Path, resume: bool, env: Env, stop: Stop
 def _set_up(cfg: Config, out_dir: Path, resume: bool, env: Env) -> _Training:
     """Data and model on the device, restored from the resumable state with ``resume`` (a finished run is
     refused before any data loads), else from ``cfg.init`` when set. Every process runs it: it writes nothing."""
-    state = _read_resume(out_dir) if resume else None
+    state = _read_resume(out_dir, cfg) if resume else None
     splits = build_datasets(cfg.data)
     model, identity = build_run_model(cfg, splits.num_classes)
     if state is not None:
@@ -179,14 +190,29 @@ def _check_init_model(cfg: Config) -> None:
                               f"model: set model.{key}={theirs.get(key)}")
 
 
-def _read_resume(out_dir: Path):
-    """The resumable state of ``out_dir``; ConfigError for a run that never saved one or already finished."""
+def _read_resume(out_dir: Path, cfg: Config):
+    """The resumable state of ``out_dir``; ConfigError for a run that never saved one, that already finished, or
+    whose config differs from ``cfg`` (config.yaml edited since)."""
     if not (out_dir / files.RESUME).is_file():
-        raise ConfigError(f"{out_dir} has no {files.RESUME}: nothing to resume (the run never saved a step)")
+        raise ConfigError(f"{out_dir} has no {files.RESUME}: nothing to resume (the run never saved a step); start it "
+                          f"over with `lpt train --config {out_dir / files.CONFIG} --out {out_dir}`")
     state = load_resume(out_dir / files.RESUME)
     if state[1].get("finished"):
         raise ConfigError(f"run {out_dir} already finished; its metrics are in {out_dir / files.METRICS}")
+    if "config" in state[1]:  # a state written by an older lpt carries none
+        _check_unchanged(cfg, from_dict(state[1]["config"]), out_dir)
     return state
+
+
+def _check_unchanged(cfg: Config, started: Config, out_dir: Path) -> None:
+    """Refuse to resume under a config other than the one the run started with: the rest of the run would train
+    on another schedule than its first part, and config.yaml would no longer say what trained."""
+    now, then = dict((k, v) for k, v, _ in describe(cfg)), dict((k, v) for k, v, _ in describe(started))
+    changed = [f"{k} ({then.get(k)!r}, now {now.get(k)!r})" for k in then | now if now.get(k) != then.get(k)]
+    if changed:
+        config = out_dir / files.CONFIG
+        raise ConfigError(f"{config} differs from the config the run started with: {', '.join(changed)}; restore it "
+                          f"to resume, or train a new run with `lpt train --config {config} --out NEW_DIR`")
 
 
 def _open_run_dir(run: _Training) -> logging.Handler:
@@ -223,6 +249,7 @@ def _run_phase(run: _Training, method: Method, index: int, phase: str, stop: Sto
     checkpoint and a resumable state that starts at the next phase."""
     cfg, model, env = run.cfg, run.model, run.env
     pcfg = getattr(cfg, phase)
+    _warn_batch_above_images(phase, pcfg, len(run.splits.train), env.dist.world_size)
     validation = Validation(cfg, phase, model, run.val, run.splits.train_counts, run.out_dir, env.device, env.dist)
 
     def on_epoch_end(record: dict) -> None:
@@ -237,6 +264,16 @@ def _run_phase(run: _Training, method: Method, index: int, phase: str, stop: Sto
                            cadence=cadence, on_epoch_end=on_epoch_end).run()
     _finish_phase(run, index, phase, records, validation.finish())
     validation.cleanup()
+
+
+def _warn_batch_above_images(phase: str, pcfg, images: int, world_size: int) -> None:
+    """The learning rate is scaled for ``batch_size`` (lr * batch / 256) while an instance batch above the training
+    set holds only the set's images: say so (the balanced stream's batches are full, its images repeated)."""
+    if pcfg.sampling != "balanced" and pcfg.batch_size * world_size > images:
+        log.warning("%s.batch_size %d (x %d processes) is above the %d training images: each instance batch holds "
+                    "all %d while the learning rate is scaled for %d (lr * batch / 256); set %s.batch_size=%d to "
+                    "scale it for the images that train", phase, pcfg.batch_size, world_size, images, images,
+                    pcfg.batch_size * world_size, phase, max(images // world_size, 1))
 
 
 def _finish_phase(run: _Training, index: int, phase: str, records: list[dict], selected: dict | None) -> None:
@@ -295,8 +332,10 @@ def _write_results(run: _Training, started: float) -> None:
     files.write_run_info(run.out_dir, {
         "lpt_version": __version__, "method": run.cfg.method, "backbone": run.identity.to_dict(),
         "phases": run.summary, "backbone_params": sum(p.numel() for p in run.model.backbone.parameters()),
-        "device": str(run.env.device), "world_size": run.env.dist.world_size, "wall_seconds": time.time() - started,
+        "device": str(run.env.device), "precision": run.env.precision, "world_size": run.env.dist.world_size,
+        "wall_seconds": time.time() - started,
         "eval_transform": str(build_transform(run.cfg.data, train=False)),
+        "trained_fingerprint": tensors_fingerprint(run.model.trained_tensors()),  # of model.safetensors' tensors
     })
     if run.outputs is not None:
         files.write_predictions(run.out_dir, run.outputs)
