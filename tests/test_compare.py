@@ -97,3 +97,34 @@ def test_compare_refuses_a_directory_that_is_not_a_finished_run(runs, tmp_path, 
     assert main(["compare", str(runs[0]), str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no config.yaml" in err
+
+
+def test_compare_skips_stray_files_among_the_runs(runs, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("what I tried\n")
+    lpt, vpt = runs
+    assert main(["--quiet", "compare", str(lpt), str(tmp_path / "notes.txt"), str(vpt)]) == 0
+    captured = capsys.readouterr()
+    assert [line.split(" | ")[1] for line in captured.out.splitlines()[2:4]] == ["LPT phase 2", "VPT"]
+    assert f"skipping {tmp_path / 'notes.txt'}: not a run directory" in captured.err
+
+
+def test_peft_runs_are_told_apart_by_their_modules_and_loss(tmp_path):
+    rows = []
+    for name, modules, loss in (("adaptformer", ["adaptformer"], "ce"), ("lora", ["lora"], "ce"),
+                                ("lift", ["adaptformer"], "la")):
+        run = make_run(tmp_path / name, "peft", 1, {"overall": 1.0}, images_per_s=1.0)
+        (run / "config.yaml").write_text(f"method: peft\nmodel:\n  peft: {modules}\nloss:\n  name: {loss}\n")
+        rows.append(run)
+    assert [r["method"] for r in compare_runs(rows)] == ["PEFT (adaptformer, loss ce)", "PEFT (lora, loss ce)",
+                                                         "PEFT (adaptformer, loss la)"]
+
+
+def test_a_run_evaluated_on_held_out_training_images_is_noted(runs, tmp_path, capsys):
+    lpt, vpt = runs
+    (vpt / "config.yaml").write_text("method: vpt\ndata:\n  source: folder\n  holdout: 0.2\n")
+    assert main(["compare", str(lpt), str(vpt)]) == 0
+    assert capsys.readouterr().out.splitlines()[4] == (
+        f"note: these runs are evaluated on different images: {lpt} on its evaluation split; {vpt} on held-out 0.2 "
+        "of the training images")
+    assert main(["compare", str(lpt)]) == 0
+    assert "note:" not in capsys.readouterr().out

@@ -17,12 +17,27 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lpt.analysis.report import fmt
+from lpt.config import ConfigError
 from lpt.metrics import ACCURACIES, SCORE_METRICS
 from lpt.run.files import method_label, read_info, read_run, trains_on_features
-from lpt.utils import atomic_write_text
+from lpt.utils import atomic_write_text, log
 
 COLUMNS = ("run", "method", "backbone", "tta", *ACCURACIES, *SCORE_METRICS, "trainable_params", "images_per_s",
            "features_per_s")
+
+
+def _method(run) -> str:
+    """The method's label, with the modules put into the blocks (``model.peft``) and the loss where there are such
+    modules: AdaptFormer, LoRA and LIFT runs are all the PEFT method, told apart by these."""
+    model, loss = run.config.get("model", {}), run.config.get("loss", {})
+    modules = "+".join(model.get("peft") or [])
+    return f"{run.method_label} ({modules}, loss {loss.get('name', '-')})" if modules else run.method_label
+
+
+def _evaluated_on(config: dict) -> str:
+    """Which images a run's accuracy is on: held-out training images (``data.holdout``) or its evaluation split."""
+    data = config.get("data", {})
+    return f"held-out {data['holdout']:g} of the training images" if data.get("holdout") else "its evaluation split"
 
 
 def compare_row(run_dir: str | Path) -> dict:
@@ -33,16 +48,36 @@ def compare_row(run_dir: str | Path) -> dict:
     backbone = (run.info.get("backbone") or {}).get("name") or run.config.get("model", {}).get("backbone")
     timed = "features_per_s" if trains_on_features(run.method) else "images_per_s"
     return {
-        "run": str(run_dir), "method": run.method_label, "backbone": backbone, "tta": run.metrics.get("tta", "none"),
+        "run": str(run_dir), "method": _method(run), "backbone": backbone, "tta": run.metrics.get("tta", "none"),
         **{g: run.metrics.get(g) for g in (*ACCURACIES, *SCORE_METRICS)},
         "trainable_params": run.trained_params,
         "images_per_s": None, "features_per_s": None,
         timed: last.get("images_per_s"),  # the trainer counts samples, whatever they are
+        "evaluated_on": _evaluated_on(run.config),
     }
 
 
 def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
-    return [compare_row(d) for d in run_dirs]
+    """The rows of ``run_dirs``, in order. Files among them (``lpt compare runs/*`` meets ``runs/notes.txt``) are
+    skipped with a warning; a folder that is not a run is an error."""
+    runs = [Path(d) for d in run_dirs if Path(d).is_dir()]
+    for stray in (d for d in run_dirs if not Path(d).is_dir()):
+        log.warning("skipping %s: not a run directory", stray)
+    if not runs:
+        raise ConfigError(f"none of {', '.join(map(str, run_dirs))} is a run directory")
+    return [compare_row(d) for d in runs]
+
+
+def split_notes(rows: list[dict]) -> list[str]:
+    """A note when the runs are not all evaluated on the same kind of images (held-out training images beside
+    evaluation splits): their accuracies do not measure the same thing."""
+    runs: dict[str, list[str]] = {}
+    for r in rows:
+        runs.setdefault(r["evaluated_on"], []).append(r["run"])
+    if len(runs) < 2:
+        return []
+    return ["note: these runs are evaluated on different images: " + "; ".join(
+        f"{', '.join(names)} on {kind}" for kind, names in runs.items())]
 
 
 def _cells(row: dict) -> list[str]:
