@@ -227,3 +227,13 @@ def test_a_batch_above_the_training_images_and_bf16_on_the_cpu_are_said_and_reco
             "159 while the learning rate is scaled for 200") in caplog.text
     assert "precision bf16 applies on a GPU; this cpu run computes in fp32" in caplog.text
     assert json.loads((out / "run.json").read_text())["precision"] == "fp32"
+
+
+def test_the_refusal_of_an_interrupted_run_reads_an_interrupted(tmp_path):
+    from lpt.config import ConfigError
+    from lpt.run.files import CLASSES, RESUME, check_claim
+
+    for name in (CONFIG, CLASSES, RESUME):
+        (tmp_path / name).write_text("")
+    with pytest.raises(ConfigError, match=f"--out {tmp_path} already holds an interrupted lpt run; continue it"):
+        check_claim(tmp_path)
