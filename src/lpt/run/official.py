@@ -124,7 +124,9 @@ def import_official(
         raise ConfigError("give the training counts of the checkpoint's classes with exactly one of --train-list "
                           "(a 'relative/path label' file, e.g. Places_LT_train.txt) or --train-counts (JSON list); "
                           "evaluation needs them for the many/medium/few groups")
-    files.check_claim(out_dir)
+    if files.check_claim(out_dir) != "new":  # a run that never saved a step: `lpt train` starts it over
+        raise ConfigError(f"--out {out_dir} holds a started lpt run; choose a new or empty directory (nothing was "
+                          "written)")
     model, model_cfg = build_official(read_official_state(path), backbone, dict(backbone_args or {}), top_k, str(path))
     c = model.num_classes
     counts = train_counts_from_list(train_list, c) if train_list else read_train_counts(train_counts_file, c)
