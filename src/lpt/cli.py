@@ -297,6 +297,88 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_run(args: argparse.Namespace) -> int:
+    """Expand a study file and run what is not finished: new runs start, interrupted ones resume, failed ones are
+    tried again; a run that fails does not stop the others."""
+    from lpt.study import directory, launch, slurm
+    from lpt.study.spec import load_study
+
+    study, out = load_study(args.study), Path(args.out)
+    if args.dry_run:
+        configs = [study.resolve(r) for r in study.runs()]
+        runs = study.record(configs)["runs"]
+        for run in runs:
+            print(f"{directory.run_dir(out, run['name'])}: {' '.join(run['overrides'])}")
+        print(f"estimated cost: {launch.estimate(out, runs, configs)}")
+        return 0
+    record = directory.prepare(study, out)
+    held = slurm.queued(out) if args.launcher == "slurm" else set()
+    todo = [r for r in record["runs"] if r["name"] not in held
+            and directory.run_status(out, r["name"]).state not in ("finished", "running")]
+    print(f"study {record['name']}: {len(record['runs'])} runs, {len(record['runs']) - len(todo)} finished, running "
+          f"or queued; {len(todo)} to run")
+    if todo and args.launcher == "local":
+        launch.run_local(out, todo, args.jobs)
+    elif todo:
+        given = {"partition": args.partition, "account": args.account, "time_min": args.time_min,
+                 "gpus": args.gpus, "cpus": args.cpus, "mem_gb": args.mem_gb}
+        ids = slurm.submit(out, todo, slurm.resources(study.slurm, given), record["name"])
+        print(f"submitted array job {ids[0].split('_')[0]} ({len(ids)} tasks); follow it with: lpt study status {out}")
+        if args.wait:
+            slurm.wait(ids)
+    return _print_status(out)
+
+
+def _print_status(out: Path) -> int:
+    """Every run's state, failures with their last error line; 1 when a run failed."""
+    from lpt.study import directory
+
+    states = directory.statuses(out)
+    for s in states:
+        print(f"{s.state:<12} {s.name}" + (f": {s.error}" if s.error else ""))
+    counts = {state: sum(s.state == state for s in states) for state in directory.STATES}
+    print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 1 if counts["failed"] else 0
+
+
+def cmd_study_status(args: argparse.Namespace) -> int:
+    return _print_status(Path(args.study_dir))
+
+
+def cmd_study_report(args: argparse.Namespace) -> int:
+    from lpt.study.report import write_study_report
+
+    paths = write_study_report(args.study_dir)
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _study_parser(sub) -> None:
+    study = sub.add_parser("study", help="a study: variants x seeds x grid as lpt runs, here or on Slurm, "
+                           "reported together")
+    steps = study.add_subparsers(dest="study_command", required=True)
+    p = steps.add_parser("run", help="run a study file's runs into a study directory (finished runs are skipped, "
+                         "interrupted ones resumed)")
+    p.add_argument("study", metavar="STUDY", help="study file (YAML; see docs/studies.md)")
+    p.add_argument("--out", required=True, metavar="DIR", help="study directory")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    p.add_argument("--jobs", type=int, default=1, help="local: runs at once, the usable cores split between them")
+    p.add_argument("--dry-run", action="store_true", help="print the runs, their count and the estimated cost")
+    p.add_argument("--wait", action="store_true", help="slurm: wait until the array job has ended")
+    for name, kind, what in (("partition", str, "partition"), ("account", str, "account"),
+                             ("time-min", int, "time limit of each run, minutes"), ("gpus", int, "GPUs per run "
+                             "(more than 1: torchrun)"), ("cpus", int, "CPUs per run"), ("mem-gb", int, "memory per "
+                             "run, GB")):
+        p.add_argument(f"--{name}", type=kind, help=f"slurm: {what} (default: the study file's slurm section)")
+    p.set_defaults(func=cmd_study_run)
+    p = steps.add_parser("status", help="pending, running, interrupted, finished and failed runs of a study")
+    p.add_argument("study_dir", metavar="DIR", help="study directory")
+    p.set_defaults(func=cmd_study_status)
+    p = steps.add_parser("report", help="report.md, report.csv and report.html of a study (mean ± std over seeds)")
+    p.add_argument("study_dir", metavar="DIR", help="study directory")
+    p.set_defaults(func=cmd_study_report)
+
+
 def _threads(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of threads (0: the usable cores)")
@@ -468,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--font-dir", action="append", metavar="DIR", help="glyphs: font folder, repeatable "
                    "(default: /usr/share/fonts and the other system font folders)")
     p.set_defaults(func=cmd_pretrain)
+    _study_parser(sub)
     return parser
 
 

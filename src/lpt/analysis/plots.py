@@ -201,3 +201,31 @@ def lda_plot(panels: dict[str, tuple[np.ndarray, np.ndarray]], train_counts: Seq
     fig.suptitle("LDA of test features, fitted on training features; colour: training-count rank "
                  "(head blue, tail red)", fontsize=10)
     return _png(fig)
+
+
+def errorbar_scatter(labels: Sequence[str], x: Sequence[float], y: Sequence[float], yerr: Sequence[float],
+                     xlabel: str, log_x: bool = False) -> bytes:
+    """One labelled point per model, with a vertical error bar (a study's accuracy against its cost)."""
+    fig = _figure(7.0, 4.5)
+    ax = fig.subplots()
+    ax.errorbar(x, y, yerr=yerr, fmt="o", capsize=4)
+    for xi, yi, label in zip(x, y, labels):
+        ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if log_x and all(v > 0 for v in x):
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("overall accuracy (%)")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def error_bars(labels: Sequence[str], values: Sequence[float], errors: Sequence[float], ylabel: str) -> bytes:
+    """One bar per model with its error bar."""
+    fig = _figure(max(5.0, 0.7 * len(labels) + 2), 4.5)
+    ax = fig.subplots()
+    ax.bar(range(len(labels)), values, yerr=errors, capsize=4, color="tab:blue")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(min(values) - 5 - max(errors, default=0), max(values) + 2 + max(errors, default=0))
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)

@@ -179,6 +179,20 @@ def _acquire(path: Path):
     return fh
 
 
+def in_use(run_dir: Path) -> bool:
+    """Whether a process holds the run directory's lock (:func:`run_lock`), that is, trains or evaluates into it."""
+    path = Path(run_dir) / LOCK
+    if not path.is_file():
+        return False
+    with open(path, "a+") as fh:
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.lockf(fh, fcntl.LOCK_UN)
+        return False
+
+
 # ----------------------------------------------------------------------------- writing
 
 
