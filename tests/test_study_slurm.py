@@ -41,8 +41,7 @@ def _wait_for(what: str, ok, seconds: float = 240) -> None:
 
 
 def test_a_cancelled_job_resubmitted_finishes_with_the_uninterrupted_metrics(cluster, tmp_path, tiny_fmnist):
-    overrides = [*tiny_run_overrides(tiny_fmnist), "deterministic=true", "checkpoint_every=1", "phase1.epochs=4",
-                 "phase1.batch_size=8"]
+    overrides = [*tiny_run_overrides(tiny_fmnist), "deterministic=true", "phase1.epochs=4", "phase1.batch_size=8"]
     path = write_study(tmp_path / "s.yaml", base={"config": "demo", "overrides": overrides},
                        variants={"vpt": ["method=vpt", "phases=[phase1]"]}, seeds=[0], slurm={"cpus": 2})
     reference = tmp_path / "reference"  # the same run, uninterrupted, with the same 2 threads

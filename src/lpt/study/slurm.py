@@ -8,10 +8,13 @@ cancelled with ``scancel`` stops the same way; the next ``lpt study run`` resume
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
+import sys
 import time
+from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +35,11 @@ def _submitit():
 
 
 def _unreachable(exc: Exception) -> ConfigError:
-    """submitit's or squeue's error, several lines with sbatch's complaint among them, as one line."""
-    text = f"{exc}\n{getattr(exc, 'stderr', None) or ''}"
+    """submitit's or squeue's error as one line: the first line that says error (sbatch's complaint)."""
+    text = f"{getattr(exc, 'stderr', None) or ''}\n{exc}"  # submitit's FailedJobError: sbatch's stderr
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower()]
-    return ConfigError(f"Slurm is not reachable ({(errors or lines or ['no message'])[-1][:300]})")
+    return ConfigError(f"Slurm is not reachable ({(errors or lines or ['no message'])[0][:300]})")
 
 
 class SlurmRun:
@@ -103,11 +106,13 @@ def submit(study_dir: Path, runs: list[dict], res: dict, name: str) -> list[str]
     params |= {f"slurm_{k}": res[k] for k in ("partition", "account") if res[k]}
     executor.update_parameters(**params)
     threads = max(1, int(res["cpus"]) // max(1, int(res["gpus"])))
+    kept = io.StringIO()  # sbatch's complaint, which submitit also prints: one line is enough (_unreachable)
     try:
-        with executor.batch():
+        with redirect_stderr(kept), executor.batch():
             jobs = [executor.submit(SlurmRun(str(study_dir), run, threads, int(res["gpus"]))) for run in runs]
     except (OSError, subprocess.SubprocessError, submitit.core.utils.FailedJobError) as exc:
         raise _unreachable(exc) from None
+    sys.stderr.write(kept.getvalue())
     ids = [job.job_id for job in jobs]
     atomic_write_json(Path(study_dir) / SLURM / JOBS, read_jobs(study_dir) | {r["name"]: i for r, i in zip(runs, ids)})
     return ids
