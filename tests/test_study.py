@@ -3,6 +3,8 @@
 import csv
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -218,6 +220,26 @@ def test_an_interrupted_run_is_resumed_by_the_next_study_run(tmp_path, tiny_fmni
     (run_dir / "resume.safetensors").write_bytes(b"")
     assert launch.train_command(out, run, 1)[-3:] == ["train", "--resume", str(run_dir)]
     assert directory.run_status(out, run["name"]).state == "interrupted"
+    # several GPUs: torchrun, one process per GPU, inside the job
+    assert launch.train_command(out, run, 4, gpus=2)[1:6] == ["-m", "torch.distributed.run", "--standalone",
+                                                              "--nproc_per_node=2", "-m"]
+
+
+def test_a_run_whose_directory_another_process_holds_is_running(tmp_path):
+    run_dir = tmp_path / "runs" / "r"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from lpt.run.files import run_lock\n"
+                               f"with run_lock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (run_dir / "config.yaml").write_text("seed: 0\n")
+        (run_dir / "classes.json").write_text("{}")
+        assert directory.run_status(tmp_path, "r").state == "running"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert directory.run_status(tmp_path, "r").state == "pending"  # the lock went with its process
 
 
 # ----------------------------------------------------------------------------- select: best_val
