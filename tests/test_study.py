@@ -227,10 +227,9 @@ def test_an_interrupted_run_is_resumed_by_the_next_study_run(tmp_path, tiny_fmni
 
 def test_a_run_whose_directory_another_process_holds_is_running(tmp_path):
     run_dir = tmp_path / "runs" / "r"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from lpt.run.files import run_lock\n"
-                               f"with run_lock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    code = (f"import time; from pathlib import Path; from lpt.run.files import run_lock\n"
+            f"with run_lock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         (run_dir / "config.yaml").write_text("seed: 0\n")

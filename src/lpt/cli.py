@@ -318,7 +318,12 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     print(f"study {record['name']}: {len(record['runs'])} runs, {len(record['runs']) - len(todo)} finished, running "
           f"or queued; {len(todo)} to run")
     if todo and args.launcher == "local":
-        launch.run_local(out, todo, args.jobs)
+        try:
+            launch.run_local(out, todo, args.jobs)
+        except KeyboardInterrupt:
+            print(f"lpt: interrupted; the runs are saved. Go on with: lpt study run {args.study} --out {out}",
+                  file=sys.stderr)
+            return 130
     elif todo:
         given = {"partition": args.partition, "account": args.account, "time_min": args.time_min,
                  "gpus": args.gpus, "cpus": args.cpus, "mem_gb": args.mem_gb}

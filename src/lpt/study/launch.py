@@ -73,8 +73,14 @@ def run_local(study_dir: Path, runs: list[dict], jobs: int = 1) -> dict[str, int
         log.info("study: %s %s", run["name"], status)
         return code
 
-    with ThreadPoolExecutor(at_once) as pool:
+    pool = ThreadPoolExecutor(at_once)
+    try:
         return dict(zip((r["name"] for r in runs), pool.map(one, runs)))
+    except KeyboardInterrupt:  # Ctrl-C reached the runs too: they save and stop; start no other
+        pool.shutdown(cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown()
 
 
 def estimate(study_dir: Path, runs: list[dict], configs: list[dict]) -> str:
