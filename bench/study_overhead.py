@@ -1,8 +1,9 @@
 """What a study costs beyond its runs, on this machine (CPU): python bench/study_overhead.py OUT_DIR [--skip-jobs].
 
-1. ``--jobs 1`` against ``--jobs 2``: the same small study (the demo preset, VPT and LoRA, 2 seeds, 2 epochs) run
-   with each, total wall time; and the study's own overhead: its wall time less the sum of its runs' processes
-   (each timed from its log's first line to its exit file), per run.
+1. ``--jobs 1`` against ``--jobs 2``: the same small study run with each, total wall time; and the study's own
+   overhead: its wall time less the sum of its runs' processes (each timed from its log's creation to its exit
+   file), per run. The study is the tests' tiny one (tests/conftest.py: 10 classes of 28-pixel images written
+   here, a 3-block random ViT), LPT and VPT, 2 seeds, so that it takes minutes on a busy 2-core machine.
 2. Expansion and the check of every run's state: ``lpt study run`` on the finished study (nothing to run), and
    ``lpt study run --dry-run`` of the shipped demo study (30 runs), as command lines (Python start-up included).
 3. ``lpt study report`` over 200 run directories: one finished run copied 200 times (20 variants x 10 seeds, its
@@ -25,6 +26,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the tests' tiny settings
+from tests.conftest import tiny_run_overrides, write_tiny_fmnist  # noqa: E402
+
 LPT = [sys.executable, "-m", "lpt", "--quiet"]
 
 
@@ -34,12 +38,12 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def small_study(path: Path) -> Path:
+def small_study(path: Path, data: Path) -> Path:
+    """The tests' tiny study (tests/test_study.py) on the tests' tiny images, written into ``data``."""
+    data.mkdir(exist_ok=True)
     path.write_text(yaml.safe_dump({
-        "name": "bench", "base": {"config": "demo", "overrides": ["progress=false", "phase1.epochs=2"]},
-        "variants": {"vpt": ["method=vpt", "phases=[phase1]"],
-                     "lora": ["method=peft", "phases=[phase1]", "model.prompt_len=0", "model.peft=[lora]"]},
-        "seeds": [0, 1]}))
+        "name": "bench", "base": {"config": "demo", "overrides": tiny_run_overrides(write_tiny_fmnist(data))},
+        "variants": {"lpt": [], "vpt": ["method=vpt", "phases=[phase1]"]}, "seeds": [0, 1]}, sort_keys=False))
     return path
 
 
@@ -77,7 +81,7 @@ def main() -> None:
     parser.add_argument("--skip-jobs", action="store_true", help="reuse OUT/jobs1 and OUT/jobs2 if they exist")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    study = small_study(args.out / "small.yaml")
+    study = small_study(args.out / "small.yaml", args.out / "data")
     results: dict = {"cores": len(os.sched_getaffinity(0)), "load_before": os.getloadavg()}
     for jobs in (1, 2):
         out = args.out / f"jobs{jobs}"

@@ -24,10 +24,8 @@ def class_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return images.clip(0, 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="session")
-def tiny_fmnist(tmp_path_factory):
+def write_tiny_fmnist(root):
     """A Fashion-MNIST-format folder: 40 training and 8 test images per class, 10 classes."""
-    root = tmp_path_factory.mktemp("fmnist")
     rng = np.random.default_rng(0)
     for split, per_class in (("train", 40), ("t10k", 8)):
         labels = np.repeat(np.arange(10), per_class)
@@ -35,6 +33,11 @@ def tiny_fmnist(tmp_path_factory):
         write_idx(root / f"{split}-images-idx3-ubyte.gz", class_images(labels, rng))
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_fmnist(tmp_path_factory):
+    return write_tiny_fmnist(tmp_path_factory.mktemp("fmnist"))
 
 
 @pytest.fixture(scope="session")

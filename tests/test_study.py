@@ -261,23 +261,27 @@ def synthetic_run(run_dir, overrides, test: dict, vals: list[float]):
 
 
 def test_best_val_selects_on_validation_even_where_test_disagrees(tmp_path):
-    path = write_study(tmp_path / "s.yaml", variants={"lpt": []}, grid={"phase1.lr": [0.01, 0.04]}, select="best_val",
+    path = write_study(tmp_path / "s.yaml", variants={"lpt": [], "vpt": ["method=vpt", "phases=[phase1]"]},
+                       grid={"phase1.lr": [0.01, 0.04]}, select="best_val",
                        base={"config": "demo", "overrides": ["data.source=list", "data.val_list=v.txt"]})
     out = tmp_path / "out"
     record = directory.prepare(load_study(path), out)
     # lr 0.01: better on validation (60, 62), worse on test (50, 52); lr 0.04 the other way round.
     numbers = {"0.01": ([60, 62], [50, 52]), "0.04": ([55, 57], [70, 72])}
-    for run in record["runs"]:
+    for run in record["runs"][:4]:  # lpt's; vpt's never ran
         lr = run["setting"].split("=")[1]
         val, test = numbers[lr][0][run["seed"]], numbers[lr][1][run["seed"]]
         synthetic_run(out / "runs" / run["name"], {}, dict.fromkeys(ACC, test), [val - 10, val])
     write_study_report(out)
-    rows = {r["setting"]: r for r in csv.DictReader((out / "report.csv").open())}
-    assert rows["phase1.lr=0.01"]["selected"] == "True" and rows["phase1.lr=0.04"]["selected"] == "False"
-    assert float(rows["phase1.lr=0.01"]["val_overall_mean"]) == 61.0  # the last validation of each run
+    rows = {(r["variant"], r["setting"]): r for r in csv.DictReader((out / "report.csv").open())}
+    assert rows["lpt", "phase1.lr=0.01"]["selected"] == "True" and rows["lpt", "phase1.lr=0.04"]["selected"] == "False"
+    assert float(rows["lpt", "phase1.lr=0.01"]["val_overall_mean"]) == 61.0  # the last validation of each run
     md = (out / "report.md").read_text()
     assert "| lpt (phase1.lr=0.01) | 2/2 | 51.00 ± 1.41 |" in md  # the table shows the validation choice
     assert "| lpt | phase1.lr=0.04 | 2/2 | 56.00 | 71.00 |  |" in md
+    # a variant with nothing to choose on yet is shown unfinished, every setting, not dropped
+    assert "| vpt (phase1.lr=0.01) | 0/2 | - |" in md and "| vpt (phase1.lr=0.04) | 0/2 | - |" in md
+    assert "| vpt__phase1.lr-0.04__seed1 | pending | - |" in md and "| vpt | phase1.lr=0.01 | 0/2 | - | - |  |" in md
 
 
 def test_best_val_runs_count_their_best_validation_epoch(tmp_path):

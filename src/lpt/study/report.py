@@ -126,14 +126,14 @@ def collect(study_dir: Path) -> tuple[dict, list[Group], list[directory.RunStatu
 
 def select(record: dict, groups: list[Group]) -> list[Group]:
     """The groups the report's main table shows: with ``select: best_val``, per variant the grid setting of best
-    mean validation accuracy (the first of equals; none if no run of the variant finished); else every group."""
+    mean validation accuracy (the first of equals; every setting, unfinished, where none has a validation number
+    yet); else every group."""
     if record["select"] != "best_val":
         return groups
     chosen = []
     for variant in record["variants"]:
         candidates = [g for g in groups if g.variant == variant and g.val is not None]
-        if candidates:
-            chosen.append(max(candidates, key=lambda g: g.val))
+        chosen += [max(candidates, key=lambda g: g.val)] if candidates else [g for g in groups if g.variant == variant]
     return chosen
 
 
@@ -170,7 +170,7 @@ def main_table(groups: list[Group]) -> Table:
 
 def selection_table(record: dict, groups: list[Group], chosen: list[Group]) -> Table:
     rows = [[g.variant, g.setting, f"{sum(n.val is not None for n in g.numbers)}/{g.expected}", fmt(g.val),
-             fmt(g.stat("overall")[0]), "chosen" if g in chosen else ""] for g in groups]
+             fmt(g.stat("overall")[0]), "chosen" if g in chosen and g.val is not None else ""] for g in groups]
     return Table(["variant", "setting", "seeds with validation", "validation overall (mean)", "test overall (mean)",
                   "selected"], rows, id="selection")
 
