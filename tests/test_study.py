@@ -167,6 +167,7 @@ def local_study(tmp_path_factory, tiny_fmnist):
     return path, out, code
 
 
+@pytest.mark.slow
 def test_a_local_study_runs_every_run_and_goes_on_past_failed_ones(local_study, capsys):
     path, out, code = local_study
     assert code == 1  # two runs failed
@@ -184,6 +185,7 @@ def test_a_local_study_runs_every_run_and_goes_on_past_failed_ones(local_study, 
         assert cfg["seed"] == int(name[-1]) and cfg["threads"] == 1  # 2 jobs on 2 cores
 
 
+@pytest.mark.slow
 def test_a_second_study_run_skips_finished_runs_and_retries_failed_ones(local_study, capsys):
     path, out, _ = local_study
     logs = {n: directory.log_path(out, n).read_text() for n in ("lpt__seed0", "broken__seed0")}
@@ -193,6 +195,7 @@ def test_a_second_study_run_skips_finished_runs_and_retries_failed_ones(local_st
     assert "study tiny: 6 runs, 4 finished, running or queued; 2 to run" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_report_gives_mean_std_and_ci_over_seeds_and_names_failed_runs(local_study):
     _, out, _ = local_study
     check_report_against_runs(out, {"lpt": ["lpt__seed0", "lpt__seed1"], "vpt": ["vpt__seed0", "vpt__seed1"]})
