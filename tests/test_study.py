@@ -92,6 +92,9 @@ def test_a_study_directory_of_another_study_is_refused_and_kept(tmp_path, capsys
     other = write_study(tmp_path / "b.yaml", seeds=[0, 1, 2])
     err = study_error(["study", "run", str(other), "--out", str(out)], capsys)
     assert f"{out} holds the study 'tiny' made from {tmp_path / 'a.yaml'}, whose runs differ" in err
+    same_names = write_study(tmp_path / "d.yaml", variants={"lpt": ["phase1.lr=0.1"], "vpt": ["method=vpt",
+                                                                                               "phases=[phase1]"]})
+    assert "whose runs differ" in study_error(["study", "run", str(same_names), "--out", str(out)], capsys)
     assert (out / "study.json").read_text() == before
     # the same study again is accepted (it resumes)
     assert directory.prepare(load_study(write_study(tmp_path / "c.yaml")), out)["fingerprint"] == json.loads(before)[

@@ -40,7 +40,6 @@ BASE_KEYS = ("config", "overrides")
 SLURM_KEYS = ("partition", "account", "time_min", "gpus", "cpus", "mem_gb")
 SELECT = ("all", "best_val")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-LAUNCH_KEYS = ("threads", "progress")  # how a run is launched, not what it computes: left out of the fingerprint
 
 
 @dataclass(frozen=True)
@@ -96,13 +95,13 @@ class Study:
 
     def record(self, configs: list[dict]) -> dict:
         """What a study directory keeps of the study (``study.json``): the file's settings, every run with the
-        overrides it is launched with, and a fingerprint of the runs' resolved configs, which a second
-        ``lpt study run`` into the directory must match. A run that logs to W&B or MLflow is put in the study's
-        group (``log.group``: a W&B group, an MLflow parent run)."""
+        overrides it is launched with, and a fingerprint of what makes the runs (the base config, a file's text or
+        a preset's name, and each run's name and overrides), which a second ``lpt study run`` into the directory
+        must match; a newer lpt with more config keys still continues the study. A run that logs to W&B or MLflow
+        is put in the study's group (``log.group``: a W&B group, an MLflow parent run)."""
         runs = self.runs()
-        computed = [{k: v for k, v in c.items() if k not in LAUNCH_KEYS} for c in configs]
-        digest = hashlib.sha256(json.dumps([[r.name, c] for r, c in zip(runs, computed)], sort_keys=True,
-                                           default=str).encode()).hexdigest()
+        base = self.config if self.config in preset_names() else Path(self.config).read_text()
+        digest = hashlib.sha256(json.dumps([base, [[r.name, r.overrides] for r in runs]]).encode()).hexdigest()
         return {"name": self.name, "source": str(self.source), "fingerprint": digest, "config": self.config,
                 "overrides": self.overrides, "variants": self.variants, "seeds": self.seeds, "grid": self.grid,
                 "select": self.select,
