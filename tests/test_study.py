@@ -101,6 +101,17 @@ def test_a_study_directory_of_another_study_is_refused_and_kept(tmp_path, capsys
         "fingerprint"]
 
 
+def test_a_study_that_tracks_groups_its_runs_under_its_name(tmp_path):
+    tracked = write_study(tmp_path / "t.yaml", variants={"lpt": [], "vpt": ["method=vpt", "phases=[phase1]",
+                                                                            f"log.mlflow.tracking_uri={tmp_path}/ml"]})
+    record = directory.prepare(load_study(tracked), tmp_path / "out")
+    assert [r["overrides"][-1] for r in record["runs"]] == ["seed=0", "seed=1", "log.group=tiny", "log.group=tiny"]
+    run = record["runs"][2]
+    assert launch.train_command(tmp_path / "out", run, 1)[-1] == "log.group=tiny"
+    from lpt.config import load_config
+    assert load_config("demo", run["overrides"]).log.group == "tiny"  # the W&B group, the MLflow parent run
+
+
 def test_tracking_groups_runs_only_where_a_run_tracks():
     assert not tracking_on({"seed": 0})  # this lpt has no log section
     assert not tracking_on({"log": {"wandb": {"project": ""}, "mlflow": {"tracking_uri": ""}}})
