@@ -36,7 +36,7 @@ class RunNumbers:
     """What the report takes from one finished run."""
 
     accuracy: dict[str, float]  # overall, many, medium, few (metrics.json)
-    val: float | None  # validation overall accuracy (data.val_list; data.holdout: the held-out evaluation)
+    val: float | None  # validation overall accuracy (data.val_list / val_dir; data.holdout: the held-out evaluation)
     params: int | None
     wall_s: float
     train_device_h: float
@@ -231,8 +231,8 @@ def build(study_dir: Path) -> tuple[str, list, list[Group], list[Group]]:
             f"{_label(g)}: {g.protocol}" for g in odd) + ". Their accuracies differ in protocol, not only in method."))
     if record["select"] == "best_val":
         blocks += [Heading("Selection (select: best_val)"),
-                   Para("Per variant, the grid setting with the best mean validation accuracy (data.val_list, or "
-                        "data.holdout's held-out images); the test numbers played no part."),
+                   Para("Per variant, the grid setting with the best mean validation accuracy (data.val_list or "
+                        "data.val_dir, or data.holdout's held-out images); the test numbers played no part."),
                    selection_table(record, groups, chosen)]
     if missing:
         blocks += [Heading("Runs not finished"), Table(["run", "state", "last error"],

@@ -13,7 +13,8 @@ A study file (YAML; every key below, nothing else)::
     grid:                         # optional: keys and the values to try, every combination
       phase1.lr: [0.01, 0.04]
     select: best_val              # optional, with a grid: per variant, the grid value with the best mean validation
-                                  # accuracy (data.val_list, or data.holdout's held-out images); default all
+                                  # accuracy (data.val_list or data.val_dir, or data.holdout's held-out images);
+                                  # default all
     slurm: {partition: gpu, account: "", time_min: 60, gpus: 1, cpus: 8, mem_gb: 32}   # optional defaults
 
 Each run is the base with the variant's overrides, then the grid values, then ``seed=S``, resolved and validated
@@ -228,13 +229,14 @@ def _check_names(study: Study) -> None:
 
 
 def check_selectable(study: Study, configs: list[dict]) -> None:
-    """``select: best_val`` chooses on validation numbers only: every run needs data.val_list or data.holdout."""
+    """``select: best_val`` chooses on validation numbers only: every run needs data.val_list (data.val_dir for a
+    folder) or data.holdout."""
     if study.select != "best_val":
         return
     for run, cfg in zip(study.runs(), configs):
-        if not cfg["data"]["val_list"] and not cfg["data"]["holdout"]:
+        if not (cfg["data"]["val_list"] or cfg["data"]["val_dir"] or cfg["data"]["holdout"]):
             raise ConfigError(f"{study.source}: select: best_val needs validation numbers, but run {run.name} has "
-                              "neither data.val_list nor data.holdout")
+                              "neither data.val_list (data.val_dir) nor data.holdout")
 
 
 def tracking_on(cfg: dict) -> bool:
