@@ -48,8 +48,8 @@ def test_a_variant_given_as_a_mapping_is_the_same_as_its_override_strings(tmp_pa
 def test_the_shipped_demo_study_is_the_demo_comparison():
     study = load_study("demo_methods")
     assert list(study.variants) == ["linear_probe", "vpt", "lora", "adaptformer", "ssf", "bitfit", "full", "lift",
-                                    "lpt", "lpt_adaptformer"]
-    assert study.seeds == [0, 1, 2] and len(study.runs()) == 30
+                                    "lpt", "lpt_adaptformer", "lift_plus"]
+    assert study.seeds == [0, 1, 2] and len(study.runs()) == 33
     from lpt.cli import DEMO_LINEAR_PROBE  # lpt demo's probe, unchanged
     assert study.variants["linear_probe"] == DEMO_LINEAR_PROBE
 
