@@ -186,6 +186,14 @@ def test_cli_import_gives_a_run_that_loads_and_evaluates(state, images, tmp_path
     expected = shot_accuracy(official_forward(state, batch)[0].argmax(1).tolist(), labels, counts)
     assert {k: metrics[k] for k in expected} == expected
 
+    # the imported run holds no training record, but it is a run: a train into it without --overwrite deletes nothing
+    before = sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+    assert main(["--quiet", "train", "--config", "demo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds an imported lpt run" in err and "--overwrite" in err and "\n" not in err
+    assert sorted(p.name for p in out.iterdir()) == before
+
 
 @pytest.mark.parametrize("edit, words", [
     (lambda s: s.pop("prompt_learner.Prompt_Keys"), ["missing", "'prompt_learner.Prompt_Keys'"]),

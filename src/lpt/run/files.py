@@ -72,7 +72,8 @@ def _contents(run_dir: Path) -> list[Path]:
 
 def run_state(run_dir: Path) -> str:
     """``new`` (absent or empty, a stale lock aside), ``finished``, ``interrupted`` (a resumable state),
-    ``started`` (set up, stopped before its first save) or ``other`` (not an lpt run, or not a directory)."""
+    ``imported`` (trained weights without a training record: ``lpt import-official``), ``started`` (set up, stopped
+    before its first save) or ``other`` (not an lpt run, or not a directory)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         return "other"
@@ -82,7 +83,9 @@ def run_state(run_dir: Path) -> str:
         return "other"
     if (run_dir / METRICS).is_file() and (run_dir / RUN_INFO).is_file():
         return "finished"
-    return "interrupted" if (run_dir / RESUME).is_file() else "started"
+    if (run_dir / RESUME).is_file():
+        return "interrupted"
+    return "imported" if any((run_dir / f).is_file() for f in (RUN_INFO, CHECKPOINT, BACKBONE)) else "started"
 
 
 def _written_by_lpt(path: Path) -> bool:
@@ -114,7 +117,7 @@ def check_claim(run_dir: Path, overwrite: bool = False) -> str:
     if state == "other":
         what = "a non-empty folder that is not an lpt run" if Path(run_dir).is_dir() else "a file, not a folder"
         raise ConfigError(f"--out {run_dir} is {what}; choose a new or empty directory (nothing was written)")
-    if state in ("finished", "interrupted") and not overwrite:
+    if state in ("finished", "interrupted", "imported") and not overwrite:
         hint = (f"continue it with `lpt train --resume {run_dir}`, " if state == "interrupted" else "")
         raise ConfigError(f"--out {run_dir} already holds {_a(state)} lpt run; {hint}choose a new directory, or add "
                           "--overwrite to delete it first (nothing was written)")

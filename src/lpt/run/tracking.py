@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lpt.config import Config, ConfigError, describe, to_dict
-from lpt.metrics import ACCURACIES
+from lpt.metrics import flat_metrics
 from lpt.run import files
 from lpt.utils import first_line, log
 
@@ -47,8 +47,9 @@ def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, float]:
 
 
 def final_scalars(metrics: dict[str, Any], trainable_params: int | None) -> dict[str, float]:
-    """The results of a finished run: metrics.json's accuracies and the parameters it trained."""
-    return _flatten({k: metrics[k] for k in ACCURACIES} | {"trainable_params": trainable_params}, "final")
+    """The results of a finished run: metrics.json's metrics (accuracies, top-5, macro-F1, NLL, ECE, ...: those it
+    holds) and the parameters it trained."""
+    return _flatten(flat_metrics(metrics) | {"trainable_params": trainable_params}, "final")
 
 
 # ----------------------------------------------------------------------------- the trackers
