@@ -237,6 +237,10 @@ def test_an_interrupted_run_is_resumed_by_the_next_study_run(tmp_path, tiny_fmni
     (run_dir / "resume.safetensors").write_bytes(b"")
     assert launch.train_command(out, run, 1)[-3:] == ["train", "--resume", str(run_dir)]
     assert directory.run_status(out, run["name"]).state == "interrupted"
+    (out / "logs").mkdir(exist_ok=True)
+    for code in (130, 143):  # stopped by SIGINT / by SIGTERM (scancel, Slurm's pre-emption): saved, not failed
+        (out / "logs" / f"{run['name']}.exit").write_text(str(code))
+        assert directory.run_status(out, run["name"]).state == "interrupted"
     # several GPUs: torchrun, one process per GPU, inside the job
     assert launch.train_command(out, run, 4, gpus=2)[1:6] == ["-m", "torch.distributed.run", "--standalone",
                                                               "--nproc_per_node=2", "-m"]
@@ -307,3 +311,6 @@ def test_best_val_runs_count_their_best_validation_epoch(tmp_path):
     from lpt.study.report import read_numbers
     assert read_numbers(run_dir).val == 70.0
     assert np.isclose(read_numbers(run_dir).eval_device_h, 2 / 3600)
+    zero_shot = tmp_path / "z"  # no phase: nothing was validated
+    synthetic_run(zero_shot, {"method": "zeroshot", "phases": []}, dict.fromkeys(ACC, 40.0), [])
+    assert read_numbers(zero_shot).val is None and read_numbers(zero_shot).accuracy["overall"] == 40.0

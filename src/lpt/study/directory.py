@@ -23,7 +23,7 @@ from lpt.study.spec import Study, check_selectable
 from lpt.utils import atomic_write_json, atomic_write_text
 
 STUDY_JSON, STUDY_YAML, RUNS, LOGS = "study.json", "study.yaml", "runs", "logs"
-INTERRUPTED = 130  # lpt train's exit code when SIGINT / SIGTERM stopped it with its state saved
+INTERRUPTED = (130, 143)  # lpt train's exit codes (128 + signal) when SIGINT / SIGTERM stopped it, its state saved
 STATES = ("pending", "running", "interrupted", "finished", "failed")
 
 
@@ -99,7 +99,7 @@ def run_status(study_dir: Path, name: str) -> RunStatus:
     if files.in_use(path):
         return RunStatus(name, "running")
     code = _exit_code(study_dir, name)
-    if code not in (None, 0, INTERRUPTED) or state == "other":
+    if code not in (None, 0, *INTERRUPTED) or state == "other":
         return RunStatus(name, "failed", last_error(study_dir, name))
     return RunStatus(name, "interrupted" if state == "interrupted" else "pending")
 

@@ -48,6 +48,8 @@ class RunNumbers:
 def _validation(run: files.RunFiles) -> float | None:
     """The validation accuracy of the model the run kept: its last phase's best (``select: best_val``) or last
     validation; a run evaluated on held-out training images (data.holdout) has its evaluation as validation."""
+    if not run.config["phases"]:  # zero-shot: nothing trained, nothing validated
+        return run.metrics["overall"] if run.config["data"].get("holdout") else None
     last = run.config["phases"][-1]
     vals = [v["val"]["overall"] for v in run.vals if v["phase"] == last]
     if vals:
