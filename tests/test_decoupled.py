@@ -97,3 +97,7 @@ def test_decoupled_methods_refuse_a_missing_init_or_another_model(tiny_fmnist, l
     with pytest.raises(ConfigError, match="'model.pool_size' is 3, but the run init=.* has 4.*set model.pool_size=4"):
         lpt.train(decoupled(tiny_fmnist, lpt_run, "lws", "model.pool_size=3"), tmp_path / "b")
     assert not (tmp_path / "b").exists()
+    for method in ("crt", "lws"):  # each starts the classifier itself: a head_init would go unused, silently
+        with pytest.raises(ConfigError, match=f"'model.head_init' is 'class_mean', but method '{method}' starts"):
+            lpt.train(decoupled(tiny_fmnist, lpt_run, method, "model.head_init=class_mean"), tmp_path / "c")
+    assert not (tmp_path / "c").exists()

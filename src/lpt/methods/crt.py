@@ -31,6 +31,10 @@ class ClassifierRetraining(Method):
         if not cfg.init:
             raise ConfigError(f"method '{cls.name}' re-trains the classifier of a trained run on its features: set "
                               "init=RUN_DIR")
+        if cfg.model.head_init != "random":  # start_from_init sets the classifier; a head_init would go unused
+            raise ConfigError(f"config key 'model.head_init' is {cfg.model.head_init!r}, but method '{cls.name}' "
+                              "starts the classifier itself (cRT: afresh at random; LWS: the init run's); set "
+                              "model.head_init=random")
         super().check(cfg)
 
     @classmethod
