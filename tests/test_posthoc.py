@@ -130,7 +130,7 @@ def test_posthoc_tau_auto_without_a_validation_split_is_refused(linear_run, caps
     assert main(["--quiet", "eval", "--run", str(linear_run), "--posthoc-tau", "auto", "--data", "val_list=",
                  "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--data val_list=FILE (never the test split)" in err
+    assert len(err.splitlines()) == 1 and "--data val_list=FILE (a folder source: --data val_dir=FOLDER" in err
 
 
 def test_tau_norm_given_equals_hand_normalised_weights_without_bias(linear_run, capsys):

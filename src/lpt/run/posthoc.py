@@ -73,9 +73,10 @@ def _check(kind: str, tau: float | str, cfg: Config, tta: str | None, run_dir: s
     corrected so, in one line."""
     if kind not in POSTHOC:
         raise ConfigError(f"post-hoc correction {kind!r}: choose from {', '.join(POSTHOC)}")
-    if tau == "auto" and not cfg.data.val_list:
+    if tau == "auto" and not (cfg.data.val_list or cfg.data.val_dir):
         raise ConfigError(f"{kind} with tau auto chooses tau on a validation split and {run_dir}'s config names none: "
-                          "give one with --data val_list=FILE (never the test split)")
+                          "give one with --data val_list=FILE (a folder source: --data val_dir=FOLDER; never the test "
+                          "split)")
     if kind != "tau_norm":
         return
     if cfg.model.head != "linear":
@@ -93,8 +94,9 @@ def evaluate_posthoc(run_dir: str | Path, kind: str, tau: float | str, data_over
                      device: str = "auto", tta: str | None = None) -> dict:
     """The metrics of a run on its test split (as :func:`lpt.run.load.evaluate_run`) after the post-hoc correction
     ``kind`` (logit_adjustment, tau_norm) at ``tau``, or, with ``tau="auto"``, at the τ best on the validation
-    split ``data.val_list`` (given with the run's config or the ``data.*`` overrides). The record's ``posthoc``
-    says which correction, which τ, and for ``auto`` the validation balanced accuracy of every τ tried.
+    split ``data.val_list`` or ``data.val_dir`` (given with the run's config or the ``data.*`` overrides). The
+    record's ``posthoc`` says which correction, which τ, and for ``auto`` the validation balanced accuracy of every τ
+    tried.
 
     τ-normalisation uses no bias, as Kang et al.'s ``tau_norm.py`` (logits ``x · (w_i / ||w_i||^tau)``), so at
     τ = 0 it differs from the run's own logits by the classifier's bias.
@@ -105,7 +107,7 @@ def evaluate_posthoc(run_dir: str | Path, kind: str, tau: float | str, data_over
     if tau == "auto":
         val = build_val_dataset(cfg.data)
         record["tau"], record["validation_balanced_accuracy"] = choose_tau(*_candidates(kind, run, cfg, val))
-        record["chosen_on"] = f"validation ({len(val)} images of {cfg.data.val_list})"
+        record["chosen_on"] = f"validation ({len(val)} images of {cfg.data.val_dir or cfg.data.val_list})"
     candidate, labels = _candidates(kind, run, cfg, test)
     metrics = metrics_record(labels, run.train_counts, logits=candidate(float(record["tau"])))
     return metrics | {"phase": run.model.phase, "tta": cfg.tta, "posthoc": record}
