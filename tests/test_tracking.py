@@ -19,6 +19,7 @@ import lpt
 from lpt.cli import main
 from lpt.config import describe, from_dict, load_config, to_dict
 from lpt.engine.trainer import Interrupted
+from lpt.metrics import flat_metrics
 from lpt.run import files
 from lpt.run.tracking import MlflowLog, Trackers, WandbLog
 from lpt.utils import log
@@ -61,7 +62,7 @@ def expected(run_dir):
             for key in ("loss", "train_acc", "lr", "seconds", "images_per_s"):
                 series.setdefault(f"{phase}/{key}", {})[r["epoch"]] = r[key]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    summary |= {f"final/{k}": metrics[k] for k in ("overall", "many", "medium", "few") if metrics[k] is not None}
+    summary |= {f"final/{k}": v for k, v in flat_metrics(metrics).items() if v is not None}  # top-5, NLL, ECE too
     summary["final/trainable_params"] = files.read_run(run_dir).trained_params
     return series, summary
 
