@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from torch.utils.data import DataLoader, Dataset
 
 from lpt.data.datasets import BadImageError, FileImageDataset, ImageDataset, load_rgb
+from lpt.utils import ignore_stop_signals
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ def _results(probe: _Probe, num_workers: int):
     if num_workers <= 0:
         return (probe[i] for i in range(len(probe)))
     # Workers decode in parallel; results come back in order, so the first bad image is the first listed.
-    loader = DataLoader(probe, batch_size=32, num_workers=num_workers, collate_fn=list)
+    loader = DataLoader(probe, batch_size=32, num_workers=num_workers, collate_fn=list,
+                        worker_init_fn=ignore_stop_signals)  # a stop signal is the main process's to handle
     return (r for batch in loader for r in batch)
 
 

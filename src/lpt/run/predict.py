@@ -17,7 +17,7 @@ from lpt.data.folders import Skipped, image_files
 from lpt.data.scan import scan_images
 from lpt.evaluation import Views, ensemble_logits
 from lpt.model.lpt import LPT
-from lpt.utils import log, usable_cores
+from lpt.utils import ignore_stop_signals, log, usable_cores
 
 def expand_images(items: Iterable[str]) -> list[Path]:
     """Files as given, folders expanded to the image files below them, as training lists a class folder
@@ -103,7 +103,7 @@ def predict_images(model: LPT, transform: Callable, scale: float, images: Sequen
         batches, files = -(-len(images) // batch_size), all(isinstance(x, (str, Path)) for x in images)
         workers = min(workers, batches, usable_cores()) if files and batches > 1 else 0
         chunks = DataLoader(_Images(images, transform), batch_size=batch_size, num_workers=workers,
-                            pin_memory=device.type == "cuda")
+                            pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     probs = [(scale * _logits(model, chunk.to(device), views)).softmax(dim=1).cpu()
              for chunk in tqdm(chunks, desc="predict", disable=not progress or None, leave=False, mininterval=2.0)]
     return torch.cat(probs)
