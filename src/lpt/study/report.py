@@ -57,6 +57,11 @@ def _validation(run: files.RunFiles) -> float | None:
     return run.metrics["overall"] if run.config["data"].get("holdout") else None
 
 
+def _one_line(text: str) -> str:
+    """A transform's repr on one line (torchvision's Compose spans several), for a table cell or a footnote."""
+    return " ".join(str(text).split()).replace("( ", "(").replace(" )", ")")
+
+
 def read_numbers(run_dir: Path) -> RunNumbers:
     run = files.read_run(run_dir)
     phases = run.info.get("phases") or {}
@@ -67,7 +72,8 @@ def read_numbers(run_dir: Path) -> RunNumbers:
     return RunNumbers(accuracy={g: run.metrics[g] for g in ACCURACIES}, val=_validation(run),
                       params=run.trained_params, wall_s=wall, train_device_h=train * processes / 3600,
                       eval_device_h=max(wall - train, 0.0) * processes / 3600, images_per_s=last.get("images_per_s"),
-                      protocol=f"tta {run.metrics.get('tta', 'none')}; {run.info.get('eval_transform', '?')}")
+                      protocol=f"tta {run.metrics.get('tta', 'none')}; "
+                               f"{_one_line(run.info.get('eval_transform', '?'))}")
 
 
 @dataclass
