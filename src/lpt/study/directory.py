@@ -20,10 +20,11 @@ from pathlib import Path
 from lpt.config import ConfigError
 from lpt.run import files
 from lpt.study.spec import Study, check_selectable
-from lpt.utils import atomic_write_json, atomic_write_text
+from lpt.utils import STOP_SIGNALS, atomic_write_json, atomic_write_text
 
 STUDY_JSON, STUDY_YAML, RUNS, LOGS = "study.json", "study.yaml", "runs", "logs"
-INTERRUPTED = (130, 143)  # lpt train's exit codes (128 + signal) when SIGINT / SIGTERM stopped it, its state saved
+INTERRUPTED = tuple(128 + s for s in STOP_SIGNALS)  # lpt train's exit codes (cli: 128 + the signal) when SIGINT /
+# SIGTERM stopped it with its state saved: 130, 143
 STATES = ("pending", "running", "interrupted", "finished", "failed")
 
 
